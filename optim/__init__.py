@@ -1,0 +1,2 @@
+"""UC2 library package (no work at import time)."""
+

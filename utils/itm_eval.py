@@ -1,0 +1,405 @@
+"""Cross-encoder scoring engine for image-text retrieval evaluation.
+
+Every caption of a test set is scored against every image with the single-stream model, so the cost is
+``n_txt * n_img`` encoder passes. What keeps it affordable:
+
+* pairs are scored in blocks of ``txt_block`` captions x ``img_block`` images (one batch each);
+* images are sorted by box count and captions by length before blocking, so a block pads little;
+* when the backbone exposes ``embed_text`` / ``embed_image`` / ``encode`` (see :func:`has_split_backbone`),
+  each caption's and each image's embedding-layer output is computed once and only the encoder runs per
+  pair; otherwise the full backbone runs on every pair (same numbers, a little slower);
+* caption blocks are dealt round-robin to ranks; the block layout does not depend on the world size, so
+  every pair is computed in exactly the same batch whatever the number of ranks, and the gathered
+  matrix is bit-identical to a single-process run. Each rank sends its rows with their caption indices.
+
+Score of a pair (a logit, monotone in the probability, so ranking is unaffected and no ties appear from
+saturation): ``head="rank"`` -> ``rank_output(pooled)`` (fine-tuned retrieval model);
+``head="itm"`` -> ``itm_output(pooled)[1] - itm_output(pooled)[0]`` (log-odds of "match" of a pretraining
+checkpoint, for zero-shot evaluation).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.collate import FIRST_POSITION, PAD_ID, PAD_POSITION
+from data.errors import DataError
+
+CLS_ID = 0
+SEP_ID = 2
+HEADS = ("rank", "itm")
+
+ImageLoader = Callable[[str], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class RetrievalSet:
+    """One retrieval test split, held as token ids plus a lazy image loader.
+
+    Attributes:
+        name: label used in file names and tables, e.g. ``"multi30k_de"``.
+        txt_ids: (n_txt,) caption ids (txt_db keys), the rows of the score matrix.
+        txt_tokens: (n_txt,) int arrays of token ids WITHOUT ``<s>``/``</s>``.
+        img_fnames: (n_img,) image keys, the columns of the score matrix.
+        txt2img: (n_txt,) int64 column index of each caption's image.
+        img_nbb: (n_img,) number of regions of each image (used to sort images).
+        load_image: ``fname -> (img_feat (n, D) float32, img_pos_feat (n, 7) float32)``.
+    """
+
+    name: str
+    txt_ids: list[str]
+    txt_tokens: list[np.ndarray]
+    img_fnames: list[str]
+    txt2img: np.ndarray
+    img_nbb: np.ndarray
+    load_image: ImageLoader
+
+
+@dataclass
+class ScoreSettings:
+    """How to run the scoring: head, block sizes, device and precision."""
+
+    head: str = "rank"
+    """"rank" (fine-tuned ``rank_output``) or "itm" (pretraining ``itm_output``, zero-shot)."""
+    txt_block: int = 8
+    """Captions per batch block; one batch holds ``txt_block * img_block`` pairs."""
+    img_block: int = 32
+    """Images per batch block."""
+    precision: str = "fp32"
+    """"fp32", "fp16" or "bf16" (autocast; CUDA only for fp16)."""
+    use_split: bool | None = None
+    """Reuse embeddings through embed_text/embed_image/encode; None = when the backbone has them."""
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"ScoreSettings.head: expected one of {HEADS}, got {self.head!r}")
+        if self.txt_block < 1 or self.img_block < 1:
+            raise ValueError(f"ScoreSettings: txt_block ({self.txt_block}) and img_block "
+                             f"({self.img_block}) must be >= 1")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"ScoreSettings.precision: expected fp32/fp16/bf16, got {self.precision!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading a test set from the databases
+
+
+def image_arrays(img_db, fname: str) -> tuple[np.ndarray, np.ndarray]:
+    """Region features (n, D) and 7-d positions (n, 7) of one image of ``img_db`` (float32).
+
+    Accepts ``ImgDb.get`` returning either a dict with ``features``/``pos_feat`` or a tuple
+    ``(features, norm_bb, pos_feat)``.
+    """
+    item = img_db.get(fname)
+    if isinstance(item, dict):
+        feat, pos = item["features"], item["pos_feat"]
+    else:
+        feat, _norm_bb, pos = item
+    return np.asarray(feat, dtype=np.float32), np.asarray(pos, dtype=np.float32)
+
+
+def load_retrieval_set(name: str, txt_db, img_db) -> RetrievalSet:
+    """Every caption of ``txt_db`` (none dropped for length) and every image they point to.
+
+    Raises:
+        DataError: a caption points to an image that ``img_db`` does not hold.
+    """
+    txt_ids = [str(i) for i in txt_db.ids]
+    fnames = [txt_db.txt2img[i] for i in txt_ids]
+    img_fnames = sorted(set(fnames))
+    col = {f: j for j, f in enumerate(img_fnames)}
+    missing = [f for f in img_fnames if f not in img_db.name2nbb]
+    if missing:
+        raise DataError(f"{getattr(img_db, 'img_dir', img_db)}: image {missing[0]!r} (caption of "
+                        f"{getattr(txt_db, 'db_dir', txt_db)}) is not in the image db "
+                        f"({len(missing)} missing)")
+    return RetrievalSet(
+        name=name,
+        txt_ids=txt_ids,
+        txt_tokens=[np.asarray(txt_db[i]["input_ids"], dtype=np.int64) for i in txt_ids],
+        img_fnames=img_fnames,
+        txt2img=np.asarray([col[f] for f in fnames], dtype=np.int64),
+        img_nbb=np.asarray([img_db.name2nbb[f] for f in img_fnames], dtype=np.int64),
+        load_image=lambda fname: image_arrays(img_db, fname),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Blocks and batches
+
+
+def caption_blocks(lens: Sequence[int], txt_block: int, rank: int = 0, world_size: int = 1
+                   ) -> list[np.ndarray]:
+    """This rank's caption blocks: captions sorted by (length, index), cut into ``txt_block``-sized
+    blocks, block ``b`` going to rank ``b % world_size``. Returns arrays of caption indices."""
+    order = np.argsort(np.asarray(lens), kind="stable")
+    blocks = [order[s:s + txt_block] for s in range(0, len(order), txt_block)]
+    return blocks[rank::world_size]
+
+
+def image_blocks(nbb: Sequence[int], img_block: int) -> list[np.ndarray]:
+    """Images sorted by box count (stable), cut into ``img_block``-sized blocks of indices."""
+    order = np.argsort(np.asarray(nbb), kind="stable")
+    return [order[s:s + img_block] for s in range(0, len(order), img_block)]
+
+
+def text_batch(tokens: Sequence[np.ndarray], device: torch.device) -> dict:
+    """``<s> ids </s>`` for c captions: input_ids/position_ids (c, Lt) long, txt_lens (c,) long."""
+    lens = torch.tensor([len(t) + 2 for t in tokens], dtype=torch.long)
+    width = int(lens.max())
+    input_ids = torch.full((len(tokens), width), PAD_ID, dtype=torch.long)
+    for i, tok in enumerate(tokens):
+        input_ids[i, :lens[i]] = torch.as_tensor(np.concatenate([[CLS_ID], tok, [SEP_ID]]))
+    steps = torch.arange(width)[None, :]
+    # XLM-R positions: first real token 2, padding 1.
+    position_ids = torch.where(steps < lens[:, None], steps + FIRST_POSITION,
+                               torch.full_like(steps, PAD_POSITION))
+    return {"input_ids": input_ids.to(device), "position_ids": position_ids.to(device),
+            "txt_lens": lens.to(device)}
+
+
+def image_batch(arrays: Sequence[tuple[np.ndarray, np.ndarray]], device: torch.device) -> dict:
+    """m images zero-padded: img_feat (m, Ni, D), img_pos_feat (m, Ni, 7) float, num_bbs (m,) long."""
+    nbbs = torch.tensor([len(f) for f, _ in arrays], dtype=torch.long)
+    n_max, dim = int(nbbs.max()), arrays[0][0].shape[1]
+    feat = torch.zeros(len(arrays), n_max, dim)
+    pos = torch.zeros(len(arrays), n_max, 7)
+    for j, (f, p) in enumerate(arrays):
+        feat[j, :len(f)] = torch.from_numpy(f)
+        pos[j, :len(p)] = torch.from_numpy(p)
+    return {"img_feat": feat.to(device), "img_pos_feat": pos.to(device), "num_bbs": nbbs.to(device)}
+
+
+def pack_pairs(txt_lens: torch.Tensor, num_bbs: torch.Tensor, txt_width: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vectorised packing (text then regions) for the c*m pairs of a block, pair p = t * m + j.
+
+    Args:
+        txt_lens: (c,) text lengths with specials; num_bbs: (m,) region counts;
+        txt_width: Lt, the padded text width (regions start at Lt in the concatenated embeddings).
+    Returns:
+        attn_masks (c*m, L) long and gather_index (c*m, L) long, L = max(txt_lens) + max(num_bbs),
+        the same layout as ``data.collate.pack_indices`` (0 on padding).
+    """
+    tl = txt_lens.repeat_interleave(len(num_bbs))[:, None]           # (c*m, 1)
+    nb = num_bbs.repeat(len(txt_lens))[:, None]                       # (c*m, 1)
+    steps = torch.arange(int(txt_lens.max() + num_bbs.max()), device=txt_lens.device)[None, :]
+    real = steps < tl + nb                                            # (c*m, L)
+    gather = torch.where(steps < tl, steps, txt_width + steps - tl)
+    return real.long(), gather * real
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scoring
+
+
+@dataclass
+class SplitBackbone:
+    """The backbone cut at the embedding/encoder boundary (functions of eval-mode modules).
+
+    embed_text(input_ids (B, Lt), position_ids (B, Lt)) -> (B, Lt, H);
+    embed_image(img_feat (B, Ni, D), img_pos_feat (B, Ni, 7)) -> (B, Ni, H);
+    encode(embeddings (B, L, H), attn_masks (B, L)) -> (B, L, H).
+    """
+
+    embed_text: Callable
+    embed_image: Callable
+    encode: Callable
+
+
+def split_backbone(model) -> SplitBackbone | None:
+    """The embedding/encoder split of ``model.roberta``, or None when it cannot be cut.
+
+    Uses public ``embed_text``/``embed_image``/``encode`` methods when the backbone has them; otherwise
+    the checkpoint-named sub-modules of ``model.model.UC2Model`` (``embeddings``, ``img_embeddings``
+    with the image type row, ``encoder``). Tests check both paths against the full forward.
+    """
+    backbone = model.roberta
+    names = ("embed_text", "embed_image", "encode")
+    if all(callable(getattr(backbone, n, None)) for n in names):
+        return SplitBackbone(*(getattr(backbone, n) for n in names))
+    if not all(hasattr(backbone, n) for n in ("embeddings", "img_embeddings", "encoder")):
+        return None
+
+    def embed_image(img_feat: torch.Tensor, img_pos_feat: torch.Tensor) -> torch.Tensor:
+        type_row = backbone.embeddings.new_token_type_embeddings.weight[1]   # image = type 1
+        return backbone.img_embeddings(img_feat, img_pos_feat, type_row)
+
+    return SplitBackbone(backbone.embeddings, embed_image, backbone.encoder)
+
+
+def head_scores(model, pooled: torch.Tensor, head: str) -> torch.Tensor:
+    """(B,) pair scores from the pooled output (B, H): rank logit, or ITM match log-odds."""
+    if head == "rank":
+        return model.rank_output(pooled).squeeze(-1).float()
+    logits = model.itm_output(pooled).float()                         # (B, 2): [no match, match]
+    return logits[:, 1] - logits[:, 0]
+
+
+def _score_block_full(model, txt: dict, img: dict, head: str) -> torch.Tensor:
+    """(c, m) scores of a caption block x image block through the full backbone."""
+    c, m = len(txt["txt_lens"]), len(img["num_bbs"])
+    attn_masks, gather_index = pack_pairs(txt["txt_lens"], img["num_bbs"], txt["input_ids"].size(1))
+    seq = model.roberta(txt["input_ids"].repeat_interleave(m, 0), txt["position_ids"].repeat_interleave(m, 0),
+                        img["img_feat"].repeat(c, 1, 1), img["img_pos_feat"].repeat(c, 1, 1),
+                        attn_masks, gather_index)                     # (c*m, L, H)
+    return head_scores(model, model.roberta.pooler(seq), head).view(c, m)
+
+
+def _score_block_split(model, split: SplitBackbone, txt_emb: torch.Tensor, txt_lens: torch.Tensor,
+                       img_emb: torch.Tensor, num_bbs: torch.Tensor, head: str) -> torch.Tensor:
+    """(c, m) scores from cached embeddings txt_emb (c, Lt, H) and img_emb (m, Ni, H).
+
+    The packed input of pair (t, j) is gathered straight from one table holding every caption's and
+    every image's embedding rows, so nothing of size (c*m, Lt + Ni, H) is built besides the input.
+    """
+    (c, lt, hidden), (m, ni, _) = txt_emb.shape, img_emb.shape
+    attn_masks, gather_index = pack_pairs(txt_lens, num_bbs, lt)      # (c*m, L)
+    pair = torch.arange(c * m, device=txt_emb.device)[:, None]
+    is_txt = gather_index < lt
+    # Row of the table: caption t's token l at t*Lt + l; image j's region r at c*Lt + j*Ni + r.
+    row = torch.where(is_txt, (pair // m) * lt + gather_index,
+                      c * lt + (pair % m) * ni + (gather_index - lt))
+    table = torch.cat([txt_emb.reshape(c * lt, hidden), img_emb.reshape(m * ni, hidden)])
+    seq = split.encode(table[row], attn_masks)                        # (c*m, L, H)
+    return head_scores(model, model.roberta.pooler(seq), head).view(c, m)
+
+
+def _autocast(device: torch.device, precision: str):
+    """Autocast context for fp16/bf16, or a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised default process group, or (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def score_local_rows(model, dataset: RetrievalSet, settings: ScoreSettings, rank: int = 0,
+                     world_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Score this rank's caption blocks against every image (the model should be in eval mode).
+
+    Returns:
+        rows (n_local,) int64 caption indices and scores (n_local, n_img) float32 for them.
+    """
+    device = _model_device(model)
+    split = split_backbone(model) if settings.use_split is not False else None
+    if settings.use_split and split is None:
+        raise ValueError("ScoreSettings.use_split=True but the backbone cannot be split into "
+                         "embed_text/embed_image/encode")
+    txt_blocks = caption_blocks([len(t) for t in dataset.txt_tokens], settings.txt_block, rank, world_size)
+    img_blocks = image_blocks(dataset.img_nbb, settings.img_block)
+    rows = np.concatenate(txt_blocks) if txt_blocks else np.zeros(0, dtype=np.int64)
+    out = np.zeros((len(rows), len(dataset.img_fnames)), dtype=np.float32)
+    with _autocast(device, settings.precision):
+        # Every image block is loaded (and embedded) once and reused by all caption blocks.
+        images = [_prepare_images(split, dataset, idx, device) for idx in img_blocks] if len(rows) else []
+        start = 0
+        for t_idx in txt_blocks:
+            txt = text_batch([dataset.txt_tokens[i] for i in t_idx], device)
+            txt_emb = split.embed_text(txt["input_ids"], txt["position_ids"]) if split else None
+            for j_idx, img in zip(img_blocks, images):
+                if split:
+                    block = _score_block_split(model, split, txt_emb, txt["txt_lens"], img["emb"],
+                                               img["num_bbs"], settings.head)
+                else:
+                    block = _score_block_full(model, txt, img, settings.head)
+                out[start:start + len(t_idx), j_idx] = block.float().cpu().numpy()
+            start += len(t_idx)
+    return rows, out
+
+
+def _prepare_images(split: SplitBackbone | None, dataset: RetrievalSet, idx: np.ndarray,
+                    device: torch.device) -> dict:
+    """Load one image block; with a split backbone, embed it once (emb (m, Ni, H)) instead of
+    keeping the raw features (m, Ni, D)."""
+    img = image_batch([dataset.load_image(dataset.img_fnames[j]) for j in idx], device)
+    if split is not None:
+        img["emb"] = split.embed_image(img.pop("img_feat"), img.pop("img_pos_feat"))
+    return img
+
+
+def gather_rows(rows: np.ndarray, scores: np.ndarray, n_txt: int) -> np.ndarray:
+    """Assemble the (n_txt, n_img) matrix from every rank's (rows, scores); identity on one process.
+
+    Rows travel with their caption indices, so the result does not depend on which rank scored what.
+    """
+    _, world = _rank_world()
+    parts = [(rows, scores)]
+    if world > 1:
+        parts = [None] * world
+        torch.distributed.all_gather_object(parts, (rows, scores))
+    full = np.full((n_txt, scores.shape[1]), np.nan, dtype=np.float32)
+    for part_rows, part_scores in parts:
+        full[part_rows] = part_scores
+    if np.isnan(full).any():
+        raise RuntimeError(f"gather_rows: {int(np.isnan(full).any(axis=1).sum())} caption rows were "
+                           "scored by no rank")
+    return full
+
+
+def score_matrix(model, dataset: RetrievalSet, settings: ScoreSettings | None = None) -> np.ndarray:
+    """Every caption x every image of ``dataset``: (n_txt, n_img) float32, identical on every rank.
+
+    The model is put in eval mode (no dropout) and restored to its previous mode afterwards.
+    """
+    settings = settings or ScoreSettings()
+    rank, world = _rank_world()
+    was_training = model.training
+    model.eval()
+    try:
+        rows, scores = score_local_rows(model, dataset, settings, rank, world)
+    finally:
+        model.train(was_training)
+    return gather_rows(rows, scores, len(dataset.txt_ids))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Saving score matrices (numpy .npz, never pickle)
+
+
+def save_scores(path: Path, scores: np.ndarray, dataset: RetrievalSet) -> Path:
+    """Write ``scores`` (n_txt, n_img) with ``txt_ids``, ``img_fnames``, ``txt2img`` to ``path`` (.npz).
+
+    Written to a temporary file and renamed, so a crash never leaves a half-written file. Strings are
+    stored as fixed-width unicode arrays, loadable with ``np.load(path, allow_pickle=False)``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, scores=scores.astype(np.float32), txt_ids=np.asarray(dataset.txt_ids, dtype=str),
+                 img_fnames=np.asarray(dataset.img_fnames, dtype=str), txt2img=dataset.txt2img)
+    os.replace(tmp, path)
+    return path
+
+
+def load_scores(path: Path) -> dict[str, np.ndarray]:
+    """Read a file written by :func:`save_scores`; raises DataError naming the file on a bad layout."""
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as data:
+        out = {k: data[k] for k in data.files}
+    expected = {"scores", "txt_ids", "img_fnames", "txt2img"}
+    if not expected <= out.keys():
+        raise DataError(f"{path}: expected arrays {sorted(expected)}, found {sorted(out)}")
+    n_txt, n_img = out["scores"].shape
+    if len(out["txt_ids"]) != n_txt or len(out["img_fnames"]) != n_img or len(out["txt2img"]) != n_txt:
+        raise DataError(f"{path}: scores {out['scores'].shape} do not match txt_ids "
+                        f"({len(out['txt_ids'])}) / img_fnames ({len(out['img_fnames'])})")
+    return out

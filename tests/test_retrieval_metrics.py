@@ -128,6 +128,21 @@ def test_coco_folds_captions_follow_their_image():
     assert out["mean"]["r_mean"] == 100.0
 
 
+def test_coco_folds_with_explicit_fold_ids_match_reordered_columns():
+    rng = np.random.default_rng(7)
+    txt2img = np.repeat(np.arange(6), 2)
+    scores = np.round(rng.random((12, 6)), 1)
+    img_folds = np.array([1, 0, 2, 0, 1, 2])             # interleaved folds
+    # Moving each fold's images next to each other must give the same per-fold numbers.
+    order = np.argsort(img_folds, kind="stable")          # new column c holds old image order[c]
+    new_index = np.argsort(order)
+    same = coco_1k_folds(scores[:, order], new_index[txt2img], n_folds=3)
+    out = coco_1k_folds(scores, txt2img, n_folds=3, img_folds=img_folds)
+    assert out["folds"] == same["folds"] and out["mean"] == same["mean"]
+    with pytest.raises(ValueError, match=r"unused folds \[2\]"):
+        coco_1k_folds(scores, txt2img, n_folds=3, img_folds=np.array([0, 0, 1, 1, 0, 1]))
+
+
 def test_coco_folds_rejects_uneven_split():
     with pytest.raises(ValueError, match="5 images cannot be split into 2"):
         coco_1k_folds(np.eye(5), np.arange(5), n_folds=2)

@@ -146,38 +146,60 @@ def brute_force_recalls(scores: Any, txt2img: Any, ks: Sequence[int] = DEFAULT_K
     return _assemble(img_rank, txt_rank, ks)
 
 
-def coco_1k_folds(scores: Any, txt2img: Any, n_folds: int = 5,
-                  ks: Sequence[int] = DEFAULT_KS) -> dict[str, Any]:
-    """MSCOCO "1K test": recalls on ``n_folds`` consecutive image folds, averaged.
+def coco_1k_folds(scores: Any, txt2img: Any, n_folds: int = 5, ks: Sequence[int] = DEFAULT_KS,
+                  img_folds: Any = None) -> dict[str, Any]:
+    """MSCOCO "1K test": recalls on ``n_folds`` image folds, averaged.
 
-    Images ``[f * m, (f + 1) * m)`` with ``m = n_img // n_folds`` form fold ``f``; each caption follows its
-    image. Only the diagonal blocks of ``scores`` are read, so a caption is never ranked against images
-    of another fold.
+    By default images ``[f * m, (f + 1) * m)`` with ``m = n_img // n_folds`` form fold ``f``, so the
+    fold composition depends on the column order of ``scores``: pass ``img_folds`` to follow a published
+    split instead. Each caption follows its image, and only the within-fold blocks of ``scores`` are read,
+    so a caption is never ranked against images of another fold.
 
     Args:
         scores: (n_txt, n_img) full score matrix (e.g. 25000 x 5000 for COCO 5K).
         txt2img: (n_txt,) image index of each caption.
-        n_folds: number of folds; ``n_img`` must be a multiple of it.
+        n_folds: number of folds; without ``img_folds``, ``n_img`` must be a multiple of it.
+        img_folds: optional (n_img,) fold id in ``[0, n_folds)`` of each image.
     Returns:
         ``{"mean": {metric: mean over folds, ..., "n_folds", "n_txt", "n_img" (totals)},
         "folds": [per-fold recall dict, ...]}``.
     """
     s, t = _check_inputs(scores, txt2img, ks)
-    n_img = s.shape[1]
-    if n_folds < 1 or n_img % n_folds:
-        raise ValueError(f"n_folds: {n_img} images cannot be split into {n_folds} equal folds")
-    size = n_img // n_folds
+    fold_of_img = _fold_ids(s.shape[1], n_folds, img_folds)                # (n_img,)
+    fold_of_txt = fold_of_img[t]                                          # (n_txt,)
     folds = []
     for f in range(n_folds):
-        lo, hi = f * size, (f + 1) * size
-        rows = np.flatnonzero((t >= lo) & (t < hi))           # captions of this fold's images
+        cols = np.flatnonzero(fold_of_img == f)
+        rows = np.flatnonzero(fold_of_txt == f)                           # captions of this fold's images
         if rows.size == 0:
-            raise ValueError(f"txt2img: fold {f} (images {lo}..{hi - 1}) has no caption")
-        folds.append(retrieval_recalls(s[rows, lo:hi], t[rows] - lo, ks))
+            raise ValueError(f"txt2img: fold {f} ({cols.size} images) has no caption")
+        new_col = np.full(s.shape[1], -1, dtype=np.int64)
+        new_col[cols] = np.arange(cols.size)                              # global -> in-fold column
+        folds.append(retrieval_recalls(s[np.ix_(rows, cols)], new_col[t[rows]], ks))
     metric_keys = [k for k in folds[0] if k not in ("n_txt", "n_img")]
     mean = {k: float(np.mean([fold[k] for fold in folds])) for k in metric_keys}
-    mean.update(n_folds=float(n_folds), n_txt=float(sum(f["n_txt"] for f in folds)), n_img=float(n_img))
+    mean.update(n_folds=float(n_folds), n_txt=float(sum(f["n_txt"] for f in folds)),
+                n_img=float(s.shape[1]))
     return {"mean": mean, "folds": folds}
+
+
+def _fold_ids(n_img: int, n_folds: int, img_folds: Any) -> np.ndarray:
+    """(n_img,) fold id of each image: consecutive equal blocks, or the validated ``img_folds``."""
+    if n_folds < 1:
+        raise ValueError(f"n_folds: expected a positive number of folds, got {n_folds}")
+    if img_folds is None:
+        if n_img % n_folds:
+            raise ValueError(f"n_folds: {n_img} images cannot be split into {n_folds} equal folds")
+        return np.repeat(np.arange(n_folds), n_img // n_folds)
+    ids = _as_numpy(img_folds)
+    if ids.shape != (n_img,) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"img_folds: expected {n_img} integer fold ids (one per image), "
+                         f"got shape {ids.shape} dtype {ids.dtype}")
+    empty = sorted(set(range(n_folds)) - set(ids.tolist()))
+    if ((ids < 0) | (ids >= n_folds)).any() or empty:
+        raise ValueError(f"img_folds: expected every id in [0, {n_folds}) used and no other; "
+                         f"unused folds {empty}, values {sorted(set(ids.tolist()))[:10]}")
+    return ids.astype(np.int64)
 
 
 def meta_average(results: Mapping[tuple[str, str], Any]) -> float:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.errors import DataError
-from data.lmdb_env import write_json_file
+from data.lmdb_env import open_lmdb, write_json_file
 from data.tokenizer import DEFAULT_NO_SPACE_LANGS, FIRST_NORMAL_ID, UC2Tokenizer, load_tokenizer
 from data.txt_db import TxtDbWriter
 
@@ -93,14 +93,9 @@ def load_img_names(img_db: str | os.PathLike) -> frozenset[str]:
 
 
 def _lmdb_keys(lmdb_dir: Path) -> frozenset[str] | None:
-    import lmdb
-
-    env = lmdb.open(str(lmdb_dir), readonly=True, lock=False, create=False, subdir=True)
-    try:
-        with env.begin() as txn:
-            raw = txn.get(b"__keys__")
-    finally:
-        env.close()
+    # Through the per-process cache: LMDB refuses a second handle on an environment this process holds.
+    with open_lmdb(lmdb_dir, readonly=True).begin() as txn:
+        raw = txn.get(b"__keys__")
     return None if raw is None else frozenset(json.loads(bytes(raw).decode("utf-8")))
 
 

@@ -1,0 +1,89 @@
+"""Build txt_dbs from raw JSON-lines files (captions, VQA, paired captions + word alignments).
+
+Examples:
+    python prepro.py captions --input coco_train.jsonl --output txt/ --split coco_train --tokenizer xlmr/
+    python prepro.py vqa --input vqa_train.jsonl --output txt/vqa_train.db --tokenizer xlmr/ --num_answers 3129
+    python prepro.py vqa --input vqa_val.jsonl --output txt/vqa_val.db --tokenizer xlmr/ \\
+        --ans2label txt/vqa_train.db/ans2label.json
+    python prepro.py paired --input cc_en_de.jsonl --align cc_en_de.align --output txt/cc_en_de.db --tokenizer xlmr/
+
+Input formats and stored fields: see ``data/prepro.py``. Without an alignment file, ``scripts/align_words.py``
+computes one. Prints a summary (examples written, dropped and why, token counts) at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from data.errors import DataError
+from data.prepro import (DEFAULT_MAX_TXT_LEN, DEFAULT_NUM_ANSWERS, build_caption_dbs, build_paired_db,
+                         build_vqa_db, format_summary)
+from data.tokenizer import DEFAULT_NO_SPACE_LANGS
+
+
+def _common(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--input", required=True, type=Path, help="JSON-lines input file")
+    sub.add_argument("--tokenizer", required=True, type=Path,
+                     help="folder of the XLM-R tokenizer (HF layout or sentencepiece.bpe.model)")
+    sub.add_argument("--img_db", type=Path, help="img_db folder; examples whose image it lacks are an error")
+    sub.add_argument("--drop_unknown_images", action="store_true", help="drop (and count) those instead")
+    sub.add_argument("--drop_empty", action="store_true", help="drop (and count) empty texts instead of failing")
+    sub.add_argument("--max_txt_len", type=int, default=DEFAULT_MAX_TXT_LEN,
+                     help="only reported: how many examples training will skip as too long")
+    sub.add_argument("--overwrite", action="store_true", help="replace existing output databases")
+    sub.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
+    sub.add_argument("--summary_json", type=Path, help="also write the summary as JSON to this file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    subs = parser.add_subparsers(dest="command", required=True)
+    cap = subs.add_parser("captions", help="captions -> one txt_db per language: OUTPUT/{split}_{lang}.db")
+    _common(cap)
+    cap.add_argument("--output", required=True, type=Path, help="folder receiving the {split}_{lang}.db dirs")
+    cap.add_argument("--split", help="name prefix of the databases (default: the input file's stem)")
+    vqa = subs.add_parser("vqa", help="VQA questions -> one txt_db with soft targets and ans2label.json")
+    _common(vqa)
+    vqa.add_argument("--output", required=True, type=Path, help="the .db folder to write")
+    vqa.add_argument("--ans2label", type=Path, help="answer vocabulary to use (default: built from this input)")
+    vqa.add_argument("--num_answers", type=int, default=DEFAULT_NUM_ANSWERS,
+                     help="size of the answer vocabulary built from the input (top K by frequency)")
+    paired = subs.add_parser("paired", help="paired captions + Pharaoh alignments -> one VTLM txt_db")
+    _common(paired)
+    paired.add_argument("--align", required=True, type=Path, help="Pharaoh alignment file, one line per JSON line")
+    paired.add_argument("--output", required=True, type=Path, help="the .db folder to write")
+    paired.add_argument("--no_space_langs", nargs="*", default=sorted(DEFAULT_NO_SPACE_LANGS),
+                        help="languages written without spaces (their words are joined without ▁)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Dispatch to the library builder chosen by ``args.command``; returns its summary."""
+    common = dict(img_db=args.img_db, drop_unknown_images=args.drop_unknown_images, drop_empty=args.drop_empty,
+                  max_txt_len=args.max_txt_len, overwrite=args.overwrite, progress=not args.no_progress)
+    if args.command == "captions":
+        return build_caption_dbs(args.input, args.output, args.tokenizer, args.split or args.input.stem, **common)
+    if args.command == "vqa":
+        return build_vqa_db(args.input, args.output, args.tokenizer, ans2label=args.ans2label,
+                            top_k=args.num_answers, **common)
+    return build_paired_db(args.input, args.align, args.output, args.tokenizer,
+                           no_space_langs=args.no_space_langs, **common)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except DataError as err:
+        print(f"prepro.py {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    if args.summary_json is not None:
+        args.summary_json.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

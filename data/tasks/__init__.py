@@ -1,0 +1,1 @@
+"""Pretraining objectives, one module each, registered by name (see registry.py)."""

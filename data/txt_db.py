@@ -207,6 +207,7 @@ class TxtDbWriter:
         self.id2len: dict[str, int] = {}
         self.txt2img: dict[str, str | None] = {}
         self.img2txts: dict[str, list[str]] = {}
+        self.extra_json: dict[str, object] = {}
         self._builder = LmdbBuilder(self.db_dir, overwrite, map_size, commit_every)
 
     def __enter__(self) -> "TxtDbWriter":
@@ -232,11 +233,18 @@ class TxtDbWriter:
         if value["img_fname"] is not None:
             self.img2txts.setdefault(value["img_fname"], []).append(key)
 
+    def add_json(self, name: str, value) -> None:
+        """Add one more JSON side file (e.g. ``ans2label.json``), published together with the db."""
+        if not name.endswith(".json") or "/" in name or name in SIDE_FILES:
+            raise DataError(f"text db {self.db_dir}: side file {name!r} must be a new '*.json' file name")
+        self.extra_json[name] = value
+
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             if exc_type is None:
                 self._builder.close_env()
-                for name, side in zip(SIDE_FILES, (self.meta, self.id2len, self.txt2img, self.img2txts)):
+                sides = dict(zip(SIDE_FILES, (self.meta, self.id2len, self.txt2img, self.img2txts)))
+                for name, side in {**sides, **self.extra_json}.items():
                     write_json_file(self._builder.tmp_dir / name, side)
                 self._builder.publish()
         finally:

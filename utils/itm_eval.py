@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.collate import FIRST_POSITION, PAD_ID, PAD_POSITION
+from data.collate import FIRST_POSITION, PAD_ID, PAD_POSITION, box_pos_feat
 from data.errors import DataError
 
 CLS_ID = 0
@@ -93,12 +93,13 @@ class ScoreSettings:
 def image_arrays(img_db, fname: str) -> tuple[np.ndarray, np.ndarray]:
     """Region features (n, D) and 7-d positions (n, 7) of one image of ``img_db`` (float32).
 
-    Accepts ``ImgDb.get`` returning either a dict with ``features``/``pos_feat`` or a tuple
-    ``(features, norm_bb, pos_feat)``.
+    ``ImgDb.get`` returns a dict with ``features`` and ``norm_bb`` (n, 6) (``pos_feat`` (n, 7) is used
+    when present); a tuple ``(features, norm_bb, pos_feat)`` is accepted as well.
     """
     item = img_db.get(fname)
     if isinstance(item, dict):
-        feat, pos = item["features"], item["pos_feat"]
+        feat = item["features"]
+        pos = item["pos_feat"] if "pos_feat" in item else box_pos_feat(item["norm_bb"])
     else:
         feat, _norm_bb, pos = item
     return np.asarray(feat, dtype=np.float32), np.asarray(pos, dtype=np.float32)

@@ -1,5 +1,6 @@
 """Preprocessing: captions / VQA / paired JSONL -> txt_db; stored values, summaries, errors, atomicity."""
 import json
+import os
 from pathlib import Path
 
 import lz4.frame
@@ -271,3 +272,72 @@ def test_cli_reports_data_errors_without_traceback(tok, tmp_path, capsys):
     assert rc == 2
     assert "1 alignment lines" in capsys.readouterr().err
     assert not (tmp_path / "p.db").exists()
+
+
+# ---------------------------------------------------------------------------------------- align_words.py
+def test_aligner_input_lowercases_and_skips_empty_sides(tmp_path):
+    from scripts.align_words import build_aligner_input
+
+    rows = PAIRED + [{**PAIRED[0], "id": "p2", "caption2": " "}]
+    lines, index = build_aligner_input(write_jsonl(tmp_path / "p.jsonl", rows))
+    assert lines == ["a man riding a horse ||| ein mann reitet ein pferd", "a dog on the beach ||| 犬 が 浜辺 に いる"]
+    assert index == [0, 1]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{**PAIRED[0], "caption1": "a ||| b"}])
+    with pytest.raises(DataError, match=r"bad\.jsonl, line 1: captions may not contain '\|\|\|'"):
+        build_aligner_input(bad)
+
+
+def test_aligner_output_parsing_and_symmetrisation():
+    from scripts.align_words import format_pharaoh, grow_diag_final_and, parse_alignments
+
+    fwd, rev = parse_alignments(["0-0 1-1 2-1", "0-0 1-2 2-2"], 2, "fwd")[0], {(0, 0), (1, 1), (2, 2)}
+    # Intersection {0-0, 1-1}; 2-1 and 2-2 neighbour 1-1 and source word 2 is unaligned: the first one
+    # visited (2-1, sorted order of the diagonal search) is added, then 2-2 still has target 2 unaligned.
+    assert format_pharaoh(grow_diag_final_and(fwd, rev)) == "0-0 1-1 2-1 2-2"
+    assert grow_diag_final_and({(0, 3)}, {(1, 0)}) == {(0, 3), (1, 0)}  # final-and: both ends unaligned
+    assert grow_diag_final_and({(0, 0), (0, 1)}, {(0, 0), (1, 1)}) == {(0, 0), (0, 1), (1, 1)}
+    with pytest.raises(DataError, match="fwd: aligner wrote 2 lines, expected 3"):
+        parse_alignments(["0-0", "1-1"], 3, "fwd")
+    with pytest.raises(DataError, match=r"fwd, line 2: malformed alignment pair 'x'"):
+        parse_alignments(["0-0", "x"], 2, "fwd")
+
+
+def test_align_words_with_a_stand_in_fast_align(tmp_path, monkeypatch):
+    """Drives the subprocess plumbing with a fake ``fast_align`` that aligns word k to word k."""
+    from scripts.align_words import main
+
+    fake = tmp_path / "bin" / "fast_align"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n" "awk -F ' [|][|][|] ' '{n=split($1,a,\" \"); m=split($2,b,\" \"); "
+                    "if (m<n) n=m; s=\"\"; for(k=0;k<n;k++) s=s (k?\" \":\"\") k \"-\" k; print s}' \"$2\"\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    rows = PAIRED + [{**PAIRED[0], "id": "p2", "caption2": ""}]
+    src, out = write_jsonl(tmp_path / "p.jsonl", rows), tmp_path / "p.align"
+    assert main(["--input", str(src), "--output", str(out), "--aligner", "fast_align"]) == 0
+    assert out.read_text().splitlines() == ["0-0 1-1 2-2 3-3 4-4", "0-0 1-1 2-2 3-3 4-4", ""]
+
+
+def test_align_words_without_aligner_says_how_to_install(tmp_path, monkeypatch, capsys):
+    from scripts.align_words import main
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    src = write_jsonl(tmp_path / "p.jsonl", PAIRED)
+    assert main(["--input", str(src), "--output", str(tmp_path / "p.align")]) == 3
+    assert "pip install systran-align" in capsys.readouterr().err
+    assert not (tmp_path / "p.align").exists()
+
+
+def test_align_words_real_aligner(tmp_path):
+    from scripts.align_words import find_aligner, main
+
+    if find_aligner() is None:
+        pytest.skip("no fast_align / eflomal-align on PATH: real-aligner run skipped (pip install systran-align)")
+    rows = [{**row, "id": f"{row['id']}_{k}"} for k in range(3) for row in PAIRED]
+    src, out = write_jsonl(tmp_path / "p.jsonl", rows), tmp_path / "p.align"
+    assert main(["--input", str(src), "--output", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 6
+    summary = build_paired_db(src, out, tmp_path / "p.db", load_tokenizer(make_tiny_tokenizer(tmp_path)),
+                              progress=False)
+    assert summary["written"] == 6

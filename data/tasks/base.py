@@ -7,6 +7,7 @@ train/val data and implements the trainer's TrainTask protocol (docs/ARCHITECTUR
 """
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -222,9 +223,21 @@ class _BatchesFrom:
 
 @dataclass
 class LoaderOptions:
+    """DataLoader settings shared by a run's tasks."""
+
     num_workers: int = 0
     pin_memory: bool = False
     device: str | torch.device = "cpu"
+
+
+def worker_context() -> str:
+    """Start method for loader workers: never plain fork.
+
+    py-lmdb refuses to open a path "already open in this process", and a forked child inherits the
+    parent's open-environment list (the builder opens the img_dbs to read their keys), so forked
+    workers cannot read. A forkserver (or spawn) child starts clean; TxtDb/ImgDb pickle as paths.
+    """
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 class PretrainTask:
@@ -241,9 +254,10 @@ class PretrainTask:
 
     def _loader(self, data: TaskDataset, batch_sampler) -> DataLoader:
         opts = self.options
+        context = worker_context() if opts.num_workers > 0 else None
         return DataLoader(data, batch_sampler=batch_sampler, collate_fn=self.objective.collate,
                           num_workers=opts.num_workers, pin_memory=opts.pin_memory,
-                          persistent_workers=False)
+                          multiprocessing_context=context)
 
     def train_batches(self, start_batch: int = 0) -> Iterator[dict]:
         """Infinite, deterministic batches on the task's device, skipping the first ``start_batch``."""

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from data.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -140,3 +143,29 @@ def ea_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     with ``load_uc2_checkpoint(model, path, allow_partial=True)``."""
     emb = getattr(model, "roberta", model).img_embeddings
     return {EA_PREFIX + k: v.detach().to("cpu", torch.float32).clone() for k, v in emb.state_dict().items()}
+
+
+def region_batches(img_dbs: Sequence, regions_per_batch: int, seed: int) -> Iterator[dict]:
+    """Endless batches of regions from image databases (objects with ``names``, ``get(name)`` and
+    ``db_dir``, such as ``data.img_db.ImgDb``): images in a seeded random order per epoch, their regions
+    flattened into batches of at least ``regions_per_batch`` rows: ``img_feat`` (N, D), ``soft_labels``
+    (N, C), float32 tensors."""
+    rng = np.random.default_rng(seed)
+    names = [(db, name) for db in img_dbs for name in db.names]
+    if not names:
+        raise DataError("early adaptation: the image databases hold no images")
+    feats: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    while True:
+        for index in rng.permutation(len(names)):
+            db, name = names[index]
+            rec = db.get(name)
+            if "soft_labels" not in rec:
+                raise DataError(f"image db {db.db_dir}: image {name!r} has no soft_labels, which early "
+                                f"adaptation needs as detector distributions")
+            feats.append(rec["features"])
+            labels.append(rec["soft_labels"])
+            if sum(len(f) for f in feats) >= regions_per_batch:
+                yield {"img_feat": torch.from_numpy(np.concatenate(feats)),
+                       "soft_labels": torch.from_numpy(np.concatenate(labels))}
+                feats, labels = [], []

@@ -1,4 +1,5 @@
 """Early Adaptation: class-word embeddings, the KL loss, and training on synthetic region features."""
+import json
 import math
 
 import pytest
@@ -110,3 +111,35 @@ def test_ea_state_dict_loads_into_a_fresh_model():
     assert torch.equal(fresh.roberta.img_embeddings.img_linear.weight, trained.roberta.img_embeddings.img_linear.weight)
     assert torch.equal(fresh.feat_regress.weight, trained.roberta.img_embeddings.img_linear.weight)
     assert "roberta.encoder.layer.0.output.dense.weight" in report.missing
+
+
+def test_cli_writes_a_loadable_checkpoint(tmp_path, orig_fixtures):
+    """scripts/early_adaptation.py on the original demo img_db, a tiny tokenizer and a tiny XLM-R folder."""
+    transformers = pytest.importorskip("transformers")
+    from data.tokenizer import load_tokenizer
+    from scripts.early_adaptation import main
+    from tests.helpers import make_tiny_tokenizer
+
+    tok_dir = make_tiny_tokenizer(tmp_path)
+    torch.manual_seed(0)
+    hf_config = transformers.XLMRobertaConfig(
+        vocab_size=load_tokenizer(tok_dir).vocab_size, hidden_size=H, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=8, max_position_embeddings=20, type_vocab_size=1, layer_norm_eps=1e-5)
+    transformers.XLMRobertaForMaskedLM(hf_config).save_pretrained(tmp_path / "xlmr")
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    words = "man woman dog cat horse beach car people ball park".split()
+    (labels / "objects_vocab_en.txt").write_text("\n".join(words[i % 10] for i in range(1600)) + "\n")
+    out = main(["--xlmr", str(tmp_path / "xlmr"), "--tokenizer", str(tok_dir),
+                "--img_db", str(orig_fixtures / "img_db" / "demo_imgs"), "--label_dir", str(labels),
+                "--out", str(tmp_path / "ea" / "ea.pt"), "--steps", "5", "--lr", "1e-2", "--device", "cpu",
+                "--regions_per_batch", "20"])
+    state = torch.load(out, weights_only=True)
+    assert state["roberta.img_embeddings.img_linear.weight"].shape == (H, 40)
+    meta = json.loads(out.with_name("ea.pt.json").read_text())
+    assert len(meta["kl"]) == 5 and meta["last"]["kl"] < meta["first"]["kl"]
+    model = UC2ForPretraining(UC2ModelConfig(vocab_size=hf_config.vocab_size, hidden_size=H, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=8, max_position_embeddings=20,
+                                             img_dim=40))
+    report = load_uc2_checkpoint(model, out, allow_partial=True)
+    assert len(report.loaded) == len(state)

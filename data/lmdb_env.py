@@ -24,8 +24,9 @@ from data.errors import DataError
 DEFAULT_MAP_SIZE = 1 << 40
 
 # The cache must be module-level: its whole point is to be shared by every reader in this process.
-# Entries of other pids (inherited through fork) are left alone: closing a parent's environment in the
-# child could clear the parent's reader slots in the lock file.
+# After fork, the child inherits the parent's entries (and py-lmdb's record of open files, so a plain
+# reopen is refused): the child closes its inherited copy before opening its own. That is safe: LMDB
+# clears only the calling process's reader slots on close, and fcntl locks are never inherited.
 _ENV_CACHE: dict[tuple[int, str], tuple[lmdb.Environment, bool]] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -53,6 +54,7 @@ def _open_env(real: str, readonly: bool, map_size: int) -> lmdb.Environment:
             return lmdb.open(real, readonly=True, create=False, lock=False, readahead=False)
         return lmdb.open(real, readonly=False, create=True, map_size=map_size)
     except lmdb.Error as exc:
+        # "already open in this process" here means it was opened outside open_lmdb().
         raise DataError(f"LMDB environment {real}: cannot open ({exc})") from exc
 
 
@@ -73,9 +75,17 @@ def open_lmdb(path: str | os.PathLike, readonly: bool = True,
                 raise DataError(f"LMDB environment {real}: already open read-only in this process; "
                                 "close it with close_lmdb() before opening it for writing")
             return env
+        _close_inherited(real)
         env = _open_env(real, readonly, map_size)
         _ENV_CACHE[key] = (env, readonly)
         return env
+
+
+def _close_inherited(real: str) -> None:
+    """Close the copies of ``real``'s environment inherited from a parent process (caller holds the lock)."""
+    pid = os.getpid()
+    for key in [k for k in _ENV_CACHE if k[1] == real and k[0] != pid]:
+        _ENV_CACHE.pop(key)[0].close()
 
 
 def close_lmdb(path: str | os.PathLike) -> bool:

@@ -34,6 +34,7 @@ CAPTION_FIELDS = ("id", "img_fname", "lang", "caption")
 VQA_FIELDS = ("question_id", "img_fname", "lang", "question", "answers")
 PAIRED_FIELDS = ("id", "img_fname", "lang1", "lang2", "caption1", "caption2")
 TokenizerLike = UC2Tokenizer | str | os.PathLike
+_LANG_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -215,8 +216,9 @@ def build_caption_dbs(jsonl: str | os.PathLike, out_dir: str | os.PathLike, toke
             caption = _text(row, "caption", path, lineno)
             img_fname = _text(row, "img_fname", path, lineno)
             key = _example_id(row, "id", path, lineno)
-            if not lang:
-                raise DataError(f"{path}, line {lineno}: field 'lang' is empty")
+            if not _LANG_RE.fullmatch(lang):
+                raise DataError(f"{path}, line {lineno}: field 'lang' must be a language code such as 'en' or "
+                                f"'zh-cn' (letters, digits, '_' or '-'; it names the output db), got {lang!r}")
             if not (_check_nonempty(caption, "caption", drop_empty, stats, path, lineno)
                     and _check_image(img_fname, img_names, drop_unknown_images, stats, path, lineno, img_db)):
                 continue

@@ -175,13 +175,29 @@ def _load_cached(resolved: str) -> UC2Tokenizer:
 
     path = Path(resolved)
     _check_dir(path)
+    spm_size = _spm_size(path / SPM_FILE) if (path / SPM_FILE).is_file() else None
     try:
         hf = XLMRobertaTokenizer.from_pretrained(resolved, local_files_only=True, model_max_length=_MAX_LEN)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError, ImportError, KeyError, TypeError) as err:
         raise DataError(f"could not load the tokenizer in {path}: {err}") from err
     tok = UC2Tokenizer(path=path, hf=hf)
     _check_layout(tok)
+    # transformers may silently fall back to another vocabulary; the sizes must agree with the model file.
+    if spm_size is not None and tok.vocab_size != spm_size + 2:
+        raise DataError(f"tokenizer in {path} has {tok.vocab_size} ids but {SPM_FILE} has {spm_size} pieces "
+                        f"(expected pieces + 2: <pad> and <mask>); are tokenizer.json and the model file from "
+                        f"different tokenizers?")
     return tok
+
+
+def _spm_size(model_file: Path) -> int:
+    """Number of pieces of a SentencePiece model file; DataError if it is not one."""
+    import sentencepiece as spm
+
+    try:
+        return spm.SentencePieceProcessor(model_file=str(model_file)).get_piece_size()
+    except (OSError, RuntimeError) as err:
+        raise DataError(f"{model_file} is not a readable SentencePiece model ({err})") from err
 
 
 def load_tokenizer(path: str | os.PathLike) -> UC2Tokenizer:
@@ -241,7 +257,10 @@ def train_sentencepiece_tokenizer(texts: Iterable[str], out_dir: str | os.PathLi
     texts = list(texts)
     if not any(t.strip() for t in texts):
         raise DataError(f"no non-empty text to train the tokenizer in {out} on")
-    model_bytes = _train_spm_bytes(texts, vocab_size, seed)
+    try:
+        model_bytes = _train_spm_bytes(texts, vocab_size, seed)
+    except RuntimeError as err:  # sentencepiece reports bad settings (e.g. vocab below the alphabet) this way
+        raise DataError(f"SentencePiece training for {out} failed: {err}") from err
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -67,6 +67,7 @@ def test_captions_one_db_per_language_with_values_and_side_files(tok, tmp_path):
     ('{"id": "x", "img_fname": "a.npz", "lang": "en", "caption": "  "}', r"caps\.jsonl, line 3: field 'caption' is empty"),
     ('{"id": "c0", "img_fname": "a.npz", "lang": "en", "caption": "dog"}', r"caps\.jsonl, line 3: duplicate example id 'c0'"),
     ('[1, 2]', r"caps\.jsonl, line 3: expected a JSON object"),
+    ('{"id": "x", "img_fname": "a.npz", "lang": "../en", "caption": "dog"}', r"line 3: field 'lang' must be a language code"),
     ('{"id": "x", "img_fname": 5, "lang": "en", "caption": "dog"}', r"line 3: field 'img_fname' must be a string"),
 ])
 def test_caption_errors_name_file_and_line_and_leave_nothing(tok, tmp_path, bad_line, message):

@@ -92,6 +92,28 @@ def test_missing_folder_and_missing_files_are_named(tmp_path):
         load_tokenizer(tmp_path)
 
 
+def test_corrupt_files_give_data_errors(tmp_path):
+    (tmp_path / "spm").mkdir()
+    (tmp_path / "spm" / SPM_FILE).write_bytes(b"not a model")
+    with pytest.raises(DataError, match=r"spm/sentencepiece\.bpe\.model is not a readable SentencePiece model"):
+        load_tokenizer(tmp_path / "spm")
+    (tmp_path / "json").mkdir()
+    (tmp_path / "json" / "tokenizer.json").write_text("{")
+    with pytest.raises(DataError, match=r"could not load the tokenizer in .*json"):
+        load_tokenizer(tmp_path / "json")
+
+
+def test_model_file_and_tokenizer_json_must_agree(tok_dir, tmp_path):
+    other = train_sentencepiece_tokenizer(tiny_sentences(n_per_lang=20, seed=2), tmp_path / "other",
+                                         vocab_size=150)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "tokenizer.json").write_bytes((tok_dir / "tokenizer.json").read_bytes())
+    (mixed / SPM_FILE).write_bytes((other / SPM_FILE).read_bytes())
+    with pytest.raises(DataError, match="different tokenizers"):
+        load_tokenizer(mixed)
+
+
 def test_training_is_deterministic_and_atomic(tmp_path):
     texts = tiny_sentences(n_per_lang=30, seed=1)
     a = train_sentencepiece_tokenizer(texts, tmp_path / "a", vocab_size=120, seed=3)
@@ -100,6 +122,8 @@ def test_training_is_deterministic_and_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no temp dirs left
     with pytest.raises(DataError, match="already exists"):
         train_sentencepiece_tokenizer(texts, a, vocab_size=120)
+    with pytest.raises(DataError, match=r"training .*c failed.*Vocabulary size is smaller than required_chars"):
+        train_sentencepiece_tokenizer(texts, tmp_path / "c", vocab_size=20)
     with pytest.raises(DataError, match="no non-empty text"):
         train_sentencepiece_tokenizer(["", "  "], tmp_path / "c", vocab_size=50)
     assert not (tmp_path / "c").exists()

@@ -8,6 +8,7 @@ import torch
 from data.errors import DataError
 from data.img_db import ImgDb, ImgDbWriter
 from data.labels import LabelVocab
+from data.tasks.base import ObjectiveSettings
 from data.tasks.build import build_pretrain_tasks
 from data.tasks.registry import TaskRegistry, get_task, known_tasks
 from data.txt_db import TxtDb, TxtDbWriter
@@ -220,3 +221,77 @@ def test_label_draws_are_vectorised_lookups():
     assert 200 < (draws[:500] == 1).sum() < 300
     with pytest.raises(DataError, match="no class words loaded for language 'ja'"):
         vocab.draw_targets("ja", np.array([0]), np.random.default_rng(0))
+
+
+# --- compatibility with the original code's outputs ------------------------------------------------
+
+def test_collate_and_heads_reproduce_original_outputs(orig_fixtures):
+    """Our collate (packing, positions, img_mask_tgt) fed to our model gives the original's scores."""
+    import json
+
+    from data.collate import box_pos_feat, collate_backbone, img_mask_target, pad_labels, xlmr_position_ids
+    from data.tasks.mlm import token_prediction
+    from model.weights import load_uc2_checkpoint
+
+    root = orig_fixtures / "model"
+    cases, arrays = json.loads((root / "cases.json").read_text()), dict(np.load(root / "cases.npz"))
+    config = UC2ModelConfig.from_json(root / "config.json")
+    config.img_dim, config.img_label_dim = cases["img_dim"], cases["img_label_dim"]
+    model = UC2ForPretraining(config).eval()
+    load_uc2_checkpoint(model, root / "state_dict.pt", strict_heads=True)
+
+    def example(ids, k, positions=None):
+        ex = cases["examples"][k]
+        return {"input_ids": torch.tensor(ids), "position_ids": xlmr_position_ids(len(ids)) if positions is None else positions,
+                "img_feat": torch.from_numpy(arrays[ex["feat_key"]]).float(),
+                "img_pos_feat": torch.from_numpy(box_pos_feat(arrays[ex["norm_bb_key"]]))}
+
+    texts = [[0, *ex["text"], 2] for ex in cases["examples"]]
+    labels = [torch.full((len(t),), -1) for t in texts]
+    for k, pos in cases["mlm_mask_positions"]:
+        labels[k][pos] = texts[k][pos]
+        texts[k][pos] = cases["mask_token_id"]
+    batch = collate_backbone([example(t, k) for k, t in enumerate(texts)])
+    batch["txt_labels"] = pad_labels(labels)
+    assert torch.equal(batch["input_ids"], torch.from_numpy(arrays["mlm_input_ids"]))
+    with torch.no_grad():
+        logits, _ = token_prediction(model, batch)
+        assert (logits - torch.from_numpy(arrays["mlm_scores"])).abs().max() < 1e-4
+
+        plain = collate_backbone([example([0, *ex["text"], 2], k) for k, ex in enumerate(cases["examples"])])
+        img_masks = [torch.zeros(len(arrays[ex["feat_key"]]), dtype=torch.bool) for ex in cases["examples"]]
+        for k, reg in cases["mrtm_masked_regions"]:
+            img_masks[k][reg] = True
+        plain["img_masks"] = torch.nn.utils.rnn.pad_sequence(img_masks, batch_first=True)
+        plain["img_mask_tgt"] = img_mask_target(img_masks, plain["txt_lens"], plain["attn_masks"].size(1))
+        scores = model.cls(get_task("mrtm")(ObjectiveSettings()).masked_hidden(model, plain))
+        assert (scores - torch.from_numpy(arrays["mrtm_scores"])).abs().max() < 1e-4
+
+        vt = cases["vtlm"]
+        restart = vt["input_ids"].index(0, 1)
+        vt_batch = collate_backbone([example(vt["input_ids"], vt["image_example"],
+                                             xlmr_position_ids(len(vt["input_ids"]), restart))])
+        assert vt_batch["position_ids"][0].tolist() == vt["position_ids"]
+        hidden = model.roberta(**{k: vt_batch[k] for k in ("input_ids", "position_ids", "img_feat", "img_pos_feat",
+                                                           "attn_masks", "gather_index")})
+        assert (hidden[0] - torch.from_numpy(arrays["vtlm_hidden"])).abs().max() < 1e-4
+
+
+def test_original_txt_db_paired_example_co_masks_by_its_integer_keyed_alignment(orig_fixtures):
+    from data.tasks.base import ExampleSource
+    txt = TxtDb(orig_fixtures / "txt_db" / "demo.db")
+    source = ExampleSource([(txt, ImgDb(orig_fixtures / "img_db" / "demo_imgs"))])
+    index = txt.ids.index("p0")
+    vtlm = get_task("tlm")(ObjectiveSettings(vtlm_mask_mode="full", mask_prob=0.5))
+    # p0: EN [10, 11 12] / X [20] [21], alignment {0: [1], 1: [0]}
+    for seed in range(40):
+        ex = vtlm.build_example(source, index, np.random.default_rng(seed))
+        labels = ex["txt_labels"].tolist()
+        assert ex["input_ids"][[0, 4, 5, 8]].tolist() == [0, 2, 0, 2]
+        assert ex["position_ids"].tolist() == [2, 3, 4, 5, 6, 2, 3, 4, 5]
+        en0, en1 = labels[1] != -1, labels[2] != -1
+        assert (labels[3] != -1) == en1  # word 1 = tokens 11 12, masked whole
+        assert (labels[6] != -1) == en1 and (labels[7] != -1) == en0  # X word 0 <- EN 1, X word 1 <- EN 0
+    mlm = get_task("mlm")(ObjectiveSettings())
+    ex = mlm.build_example(source, txt.ids.index("0"), np.random.default_rng(0))
+    assert ex["input_ids"][0] == 0 and ex["input_ids"][-1] == 2 and ex["img_feat"].shape[1] == 40

@@ -43,8 +43,9 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str]) -> Iterator[tup
     path = Path(path)
     if not path.is_file():
         raise DataError(f"input file {path} does not exist")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = _decode_line(raw, path, lineno)
             if not line.strip():
                 continue
             try:
@@ -58,6 +59,14 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str]) -> Iterator[tup
                 raise DataError(f"{path}, line {lineno}: missing field {missing[0]!r} "
                                 f"(expected fields: {', '.join(required)})")
             yield lineno, row
+
+
+def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
+    # Decoded per line (not by the file object) so that bad bytes are reported with their line number.
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}, line {lineno}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
 
 
 def _text(row: dict, key: str, path: Path, lineno: int) -> str:
@@ -182,6 +191,13 @@ def _check_nonempty(text: str, key: str, drop_empty: bool, stats: _Stats, path: 
     raise DataError(f"{path}, line {lineno}: field {key!r} is empty (pass drop_empty / --drop_empty to drop it)")
 
 
+def _check_written(stats: _Stats, path: Path) -> None:
+    """Refuse to publish an empty database (raised inside the writer's block, so nothing is left)."""
+    if stats.written == 0:
+        dropped = ", ".join(f"{n} {why}" for why, n in stats.dropped.items()) or "no input lines"
+        raise DataError(f"{path}: no example left to write ({dropped})")
+
+
 def _check_unique(key: str, seen: set, path: Path, lineno: int) -> None:
     if key in seen:
         raise DataError(f"{path}, line {lineno}: duplicate example id {key!r}")
@@ -208,38 +224,35 @@ def build_caption_dbs(jsonl: str | os.PathLike, out_dir: str | os.PathLike, toke
     img_names = load_img_names(img_db) if img_db is not None else None
     stats = _Stats("captions", max_txt_len)
     outputs: dict[str, str] = {}
-    with ExitStack() as stack:
-        writers: dict[str, object] = {}
+    with ExitStack() as stack:  # an error anywhere exits every writer with it, so none publishes
+        writers: dict[str, TxtDbWriter] = {}
         seen: dict[str, set] = {}
         for lineno, row in _progress(iter_jsonl(path, CAPTION_FIELDS), f"captions {path.name}", progress):
-            lang = _text(row, "lang", path, lineno)
-            caption = _text(row, "caption", path, lineno)
-            img_fname = _text(row, "img_fname", path, lineno)
-            key = _example_id(row, "id", path, lineno)
-            if not _LANG_RE.fullmatch(lang):
-                raise DataError(f"{path}, line {lineno}: field 'lang' must be a language code such as 'en' or "
-                                f"'zh-cn' (letters, digits, '_' or '-'; it names the output db), got {lang!r}")
+            key, lang, caption, img_fname = _caption_row(row, path, lineno)
             if not (_check_nonempty(caption, "caption", drop_empty, stats, path, lineno)
                     and _check_image(img_fname, img_names, drop_unknown_images, stats, path, lineno, img_db)):
                 continue
             if lang not in writers:
-                writers[lang] = _open_caption_writer(stack, out_dir, split, lang, tok, overwrite)
-                outputs[lang] = str(caption_db_path(out_dir, split, lang))
-                seen[lang] = set()
+                db_dir = caption_db_path(out_dir, split, lang)
+                meta = make_meta(tok, lang=lang, task="captions")
+                writers[lang] = stack.enter_context(TxtDbWriter(db_dir, meta, overwrite=overwrite))
+                outputs[lang], seen[lang] = str(db_dir), set()
             _check_unique(key, seen[lang], path, lineno)
             ids = tok.encode(caption)
             writers[lang].add(key, {"input_ids": ids, "img_fname": img_fname, "raw": caption, "lang": lang})
             stats.add(len(ids))
-        if not writers:
-            raise DataError(f"{path}: no caption left to write (empty input, or every line dropped)")
+        _check_written(stats, path)
     return stats.summary({"captions": str(path)}, outputs)
 
 
-def _open_caption_writer(stack: ExitStack, out_dir, split: str, lang: str, tok: UC2Tokenizer, overwrite: bool):
-    meta = make_meta(tok, lang=lang, task="captions")
-    db_dir = caption_db_path(out_dir, split, lang)
-    db_dir.parent.mkdir(parents=True, exist_ok=True)
-    return stack.enter_context(TxtDbWriter(db_dir, meta, overwrite=overwrite))
+def _caption_row(row: dict, path: Path, lineno: int) -> tuple[str, str, str, str]:
+    """Validated ``(id, lang, caption, img_fname)`` of one captions line."""
+    lang = _text(row, "lang", path, lineno)
+    if not _LANG_RE.fullmatch(lang):
+        raise DataError(f"{path}, line {lineno}: field 'lang' must be a language code such as 'en' or "
+                        f"'zh-cn' (letters, digits, '_' or '-'; it names the output db), got {lang!r}")
+    return (_example_id(row, "id", path, lineno), lang, _text(row, "caption", path, lineno),
+            _text(row, "img_fname", path, lineno))
 
 
 # --------------------------------------------------------------------------------------------------- VQA
@@ -346,7 +359,6 @@ def build_vqa_db(jsonl: str | os.PathLike, out_db: str | os.PathLike, tokenizer:
     vocab = _resolve_ans2label(ans2label, answer_lists, top_k)
     stats = _Stats("vqa", max_txt_len, extra={"num_answers": len(vocab), "no_answer_in_vocab": 0, "no_answers": 0})
     out_db = Path(out_db)
-    out_db.parent.mkdir(parents=True, exist_ok=True)
     with TxtDbWriter(out_db, make_meta(tok, task="vqa", num_answers=len(vocab)), overwrite=overwrite) as writer:
         for lineno, qid, img_fname, lang, question, answers in _vqa_rows(path, progress, f"vqa {path.name}"):
             if not (_check_nonempty(question, "question", drop_empty, stats, path, lineno)
@@ -361,6 +373,7 @@ def build_vqa_db(jsonl: str | os.PathLike, out_db: str | os.PathLike, tokenizer:
             writer.add(qid, {"input_ids": ids, "img_fname": img_fname, "question_id": qid, "answers": answers,
                              "target": target, "raw": question, "lang": lang})
             stats.add(len(ids))
+        _check_written(stats, path)
     # TxtDbWriter knows only its own side files; these two are added to the published folder atomically.
     write_json_file(out_db / "ans2label.json", vocab)
     write_json_file(out_db / "label2ans.json", sorted(vocab, key=vocab.__getitem__))
@@ -451,9 +464,8 @@ def build_paired_db(jsonl: str | os.PathLike, align_file: str | os.PathLike, out
     stats = _Stats("paired", max_txt_len)
     seen: set[str] = set()
     out_db = Path(out_db)
-    out_db.parent.mkdir(parents=True, exist_ok=True)
     with TxtDbWriter(out_db, make_meta(tok, task="paired"), overwrite=overwrite) as writer, \
-            align_path.open(encoding="utf-8") as align_lines:
+            align_path.open(encoding="utf-8", errors="replace") as align_lines:
         rows = _progress(iter_jsonl(path, PAIRED_FIELDS), f"paired {path.name}", progress)
         for (lineno, row), (align_no, align_line) in zip(rows, enumerate(align_lines, start=1)):
             key = _example_id(row, "id", path, lineno)
@@ -471,4 +483,5 @@ def build_paired_db(jsonl: str | os.PathLike, align_file: str | os.PathLike, out
                                    walign, texts["img_fname"], no_space)
             writer.add(key, value)
             stats.add(len(value["input_ids"]))
+        _check_written(stats, path)
     return stats.summary({"paired": str(path), "alignments": str(align_path)}, {"paired": str(out_db)})

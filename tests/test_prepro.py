@@ -64,10 +64,13 @@ def test_captions_one_db_per_language_with_values_and_side_files(tok, tmp_path):
 @pytest.mark.parametrize("bad_line, message", [
     ('{"id": "x", "img_fname": "a.npz", "lang": "en", ', r"caps\.jsonl, line 3: malformed JSON"),
     ('{"id": "x", "img_fname": "a.npz", "lang": "en"}', r"caps\.jsonl, line 3: missing field 'caption'"),
-    ('{"id": "x", "img_fname": "a.npz", "lang": "en", "caption": "  "}', r"caps\.jsonl, line 3: field 'caption' is empty"),
-    ('{"id": "c0", "img_fname": "a.npz", "lang": "en", "caption": "dog"}', r"caps\.jsonl, line 3: duplicate example id 'c0'"),
+    ('{"id": "x", "img_fname": "a.npz", "lang": "en", "caption": "  "}',
+     r"caps\.jsonl, line 3: field 'caption' is empty"),
+    ('{"id": "c0", "img_fname": "a.npz", "lang": "en", "caption": "dog"}',
+     r"caps\.jsonl, line 3: duplicate example id 'c0'"),
     ('[1, 2]', r"caps\.jsonl, line 3: expected a JSON object"),
-    ('{"id": "x", "img_fname": "a.npz", "lang": "../en", "caption": "dog"}', r"line 3: field 'lang' must be a language code"),
+    ('{"id": "x", "img_fname": "a.npz", "lang": "../en", "caption": "dog"}',
+     r"line 3: field 'lang' must be a language code"),
     ('{"id": "x", "img_fname": 5, "lang": "en", "caption": "dog"}', r"line 3: field 'img_fname' must be a string"),
 ])
 def test_caption_errors_name_file_and_line_and_leave_nothing(tok, tmp_path, bad_line, message):
@@ -75,6 +78,16 @@ def test_caption_errors_name_file_and_line_and_leave_nothing(tok, tmp_path, bad_
     with pytest.raises(DataError, match=message):
         build_caption_dbs(src, tmp_path, tok, "train", progress=False)
     assert _leftovers(tmp_path) == []
+
+
+def test_invalid_utf8_names_the_line_and_a_bom_is_accepted(tok, tmp_path):
+    src = tmp_path / "caps.jsonl"
+    good = json.dumps(CAPTIONS[0]).encode()
+    src.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + good.replace(b"horse", b"h\xffrse") + b"\n")
+    with pytest.raises(DataError, match=r"caps\.jsonl, line 2: not valid UTF-8"):
+        build_caption_dbs(src, tmp_path, tok, "s", progress=False)
+    src.write_bytes(b"\xef\xbb\xbf" + good + b"\n")
+    assert build_caption_dbs(src, tmp_path, tok, "s", progress=False)["written"] == 1
 
 
 def test_empty_captions_can_be_dropped_and_counted(tok, tmp_path):
@@ -183,6 +196,14 @@ def test_vqa_bad_ans2label_file(tok, tmp_path, content, message):
     src = write_jsonl(tmp_path / "vqa.jsonl", VQA_ROWS)
     with pytest.raises(DataError, match=message):
         build_vqa_db(src, tmp_path / "vqa.db", tok, ans2label=tmp_path / "a2l.json", progress=False)
+    assert _leftovers(tmp_path) == []
+
+
+def test_nothing_left_to_write_is_an_error(tok, tmp_path):
+    rows = [{**row, "question": " "} for row in VQA_ROWS]
+    with pytest.raises(DataError, match=r"vqa\.jsonl: no example left to write \(4 empty question\)"):
+        build_vqa_db(write_jsonl(tmp_path / "vqa.jsonl", rows), tmp_path / "vqa.db", tok, drop_empty=True,
+                     progress=False)
     assert _leftovers(tmp_path) == []
 
 

@@ -46,7 +46,7 @@ def class_word_embeddings(word_emb: torch.Tensor, token_table: torch.Tensor,
     if (lengths < 1).any() or (lengths > token_table.shape[1]).any():
         raise ValueError(f"lengths must lie in 1..{token_table.shape[1]}, got min {int(lengths.min())} "
                          f"max {int(lengths.max())}")
-    valid = torch.arange(token_table.shape[1]) < lengths[:, None]  # (C, K)
+    valid = torch.arange(token_table.shape[1], device=lengths.device) < lengths[:, None]  # (C, K)
     ids = torch.where(valid, token_table, torch.zeros_like(token_table)).long()
     bad = valid & ((token_table < 0) | (token_table >= word_emb.shape[0]))
     if bad.any():

@@ -186,14 +186,15 @@ def init_bert_weights(module: nn.Module, std: float) -> None:
             nn.init.normal_(sub.weight, mean=0.0, std=std)
         if isinstance(sub, nn.Linear) and sub.bias is not None:
             nn.init.zeros_(sub.bias)
-        if isinstance(sub, nn.Embedding) and sub.padding_idx is not None:
-            with torch.no_grad():
-                sub.weight[sub.padding_idx].zero_()
         if isinstance(sub, nn.LayerNorm):
             nn.init.ones_(sub.weight)
             nn.init.zeros_(sub.bias)
-    for sub in module.modules():  # head biases that are bare Parameters (cls.bias, feat_regress.bias)
-        if isinstance(sub, (MLMHead, FeatRegression)):
+    # A second pass: tied Linears (the MLM decoder) re-drew the embedding rows in the first one.
+    for sub in module.modules():
+        if isinstance(sub, nn.Embedding) and sub.padding_idx is not None:
+            with torch.no_grad():
+                sub.weight[sub.padding_idx].zero_()
+        if isinstance(sub, (MLMHead, FeatRegression)):  # bare bias Parameters (cls.bias, feat_regress.bias)
             nn.init.zeros_(sub.bias)
 
 

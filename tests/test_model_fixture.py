@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from model.config import UC2ModelConfig
-from model.model import UC2ForPretraining, gather_positions
+from model.model import UC2ForImageTextRetrieval, UC2ForPretraining, UC2ForVQA, gather_positions
 from model.weights import load_uc2_checkpoint
+from utils.config import ConfigError
 
 CLS, SEP = 0, 2
 
@@ -145,3 +146,72 @@ def test_masked_region_feature_is_ignored(fx):
     with torch.no_grad():
         assert torch.allclose(model(**batch), model(**noisy), atol=1e-6)
         assert not torch.allclose(model(**batch), model(**dict(batch, img_masks=None)), atol=1e-3)
+
+
+def test_retrieval_model_from_pretraining_checkpoint_scores_like_itm_match(fx):
+    """rank_output starts as itm_output's 'match' row, so its logit equals itm_logits[:, 1]."""
+    model = UC2ForImageTextRetrieval(fx["config"]).eval()
+    report = load_uc2_checkpoint(model, fx["root"] / "state_dict.pt", strict_heads=True)
+    assert report.initialised == {"rank_output": "itm_output row 1"}
+    with torch.no_grad():
+        scores = model(**make_batch(fx["texts"], fx["feats"], fx["boxes"]))
+    assert scores.shape == (3,)
+    assert torch.allclose(scores, torch.from_numpy(fx["arrays"]["itm_logits"][:, 1]), atol=1e-4)
+
+
+def test_vqa_model_shapes_and_heads(fx):
+    model = UC2ForVQA(fx["config"], num_answers=7).eval()
+    load_uc2_checkpoint(model, fx["root"] / "state_dict.pt", strict_heads=True)
+    assert [type(m).__name__ for m in model.vqa_output] == ["Linear", "GELU", "LayerNorm", "Linear"]
+    assert model.vqa_output[0].weight.shape == (64, 32) and model.vqa_output[3].weight.shape == (7, 64)
+    with torch.no_grad():
+        logits = model(**make_batch(fx["texts"], fx["feats"], fx["boxes"]))
+    assert logits.shape == (3, 7)
+    pooled = torch.from_numpy(fx["arrays"]["pooled"])
+    assert torch.allclose(logits, model.vqa_output(pooled), atol=1e-4)
+
+
+def test_pretraining_heads_shapes(fx):
+    model = _model(fx)
+    hidden = torch.randn(5, 32)
+    assert model.region_classifier(hidden).shape == (5, 1601)
+    assert model.feat_regress(hidden).shape == (5, 40)
+    assert model.feat_regress.weight is model.roberta.img_embeddings.img_linear.weight
+
+
+def test_fresh_init_is_bert_like():
+    config = UC2ModelConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=24, max_position_embeddings=20, img_dim=6, img_label_dim=5)
+    model = UC2ForPretraining(config)
+    emb = model.roberta.embeddings
+    assert torch.all(emb.word_embeddings.weight[1] == 0) and torch.all(emb.position_embeddings.weight[1] == 0)
+    assert torch.all(model.roberta.img_embeddings.mask_embedding.weight[0] == 0)
+    assert torch.all(model.cls.bias == 0) and torch.all(model.cls.layer_norm.weight == 1)
+    assert 0.015 < emb.word_embeddings.weight[2:].std().item() < 0.025
+
+
+def test_dropout_only_in_training(fx):
+    model = _model(fx)
+    batch = make_batch(fx["texts"], fx["feats"], fx["boxes"])
+    with torch.no_grad():
+        assert torch.equal(model(**batch), model(**batch))
+        model.train()
+        assert not torch.allclose(model(**batch), model(**batch))
+
+
+def test_config_errors_name_file_and_key(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"hidden_size": 32, "num_attention_heads": 4, "hiden_act": "gelu"}))
+    with pytest.raises(ConfigError, match=r"cfg.json: unknown model config key 'hiden_act'"):
+        UC2ModelConfig.from_json(path)
+    path.write_text(json.dumps({"hidden_size": "32"}))
+    with pytest.raises(ConfigError, match=r"cfg.json: key 'hidden_size' expects int, got '32'"):
+        UC2ModelConfig.from_json(path)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="cfg.json: cannot read model config JSON"):
+        UC2ModelConfig.from_json(path)
+    config = UC2ModelConfig.xlmr_base(img_dim=40)
+    config.to_json(path)
+    assert UC2ModelConfig.from_json(path) == config
+    shape = (config.hidden_size, config.num_hidden_layers, config.vocab_size, config.encoder_eps)
+    assert shape == (768, 12, 250002, 1e-12)

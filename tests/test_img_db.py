@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.errors import DataError
 from data.img_db import ImgDb, ImgDbWriter, compute_num_bb
-from data.txt_db import TxtDb
+from data.txt_db import TxtDb, TxtDbWriter
 
 NBB_JSON = "nbb_th0.2_max100_min10.json"
 
@@ -145,11 +145,16 @@ class _PairDataset(Dataset):
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_dataloader_workers(orig_fixtures, context):
-    txt_db = TxtDb(orig_fixtures / "txt_db" / "demo.db")
-    img_db = ImgDb(orig_fixtures / "img_db" / "demo_imgs")
-    ds = _PairDataset(txt_db, img_db)
-    expected = [tuple(float(t) for t in ds[i]) for i in range(len(ds))]  # envs already open in the parent
+def test_dataloader_workers(tmp_path, context):
+    """Built here (not from the fixtures) so that this runs everywhere; envs are open in the parent first."""
+    images = {f"i{k}.npz": _image(3 + k, seed=k) for k in range(3)}
+    _write_img_db(tmp_path / "img", images, min_bb=1)
+    with TxtDbWriter(tmp_path / "t.db", {"CLS": 0, "SEP": 2, "MASK": 3}) as w:
+        for k in range(6):
+            w.add(str(k), {"input_ids": list(range(5, 6 + k)), "img_fname": f"i{k % 3}.npz"})
+    ds = _PairDataset(TxtDb(tmp_path / "t.db"), ImgDb(tmp_path / "img", min_bb=1))
+    expected = [tuple(float(t) for t in ds[i]) for i in range(len(ds))]
+    assert expected[4][0] == sum(range(5, 10))
     loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context)
     assert [tuple(float(t) for t in item) for item in loader] == expected
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data.errors import DataError
-from data.lmdb_env import open_lmdb
+from data.lmdb_env import close_lmdb, open_lmdb
 from data.txt_db import TxtDb, TxtDbWriter, encode_txt_value, read_txt_value
 
 META = {"CLS": 0, "SEP": 2, "MASK": 999, "v_range": [5, 999], "bert": "xlm-roberta-base"}
@@ -185,3 +185,14 @@ def test_writer_rejects_bad_examples(tmp_path):
     with pytest.raises(DataError, match=r"meta: key 'CLS' must be an integer"):
         TxtDbWriter(tmp_path / "x.db", {"SEP": 2, "MASK": 3})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_open_lmdb_caches_per_process(tmp_path):
+    db_dir = _write_small_db(tmp_path / "x.db")
+    env = open_lmdb(db_dir)
+    assert open_lmdb(tmp_path / "." / "x.db") is env  # same real path, same environment
+    with pytest.raises(DataError, match=r"x.db: already open read-only in this process"):
+        open_lmdb(db_dir, readonly=False)
+    assert close_lmdb(db_dir) and not close_lmdb(db_dir)
+    assert open_lmdb(db_dir) is not env
+    close_lmdb(db_dir)

@@ -1,6 +1,7 @@
 """Preprocessing: captions / VQA / paired JSONL -> txt_db; stored values, summaries, errors, atomicity."""
 import json
 import os
+import sys
 from pathlib import Path
 
 import lz4.frame
@@ -324,20 +325,40 @@ def test_aligner_output_parsing_and_symmetrisation():
         parse_alignments(["0-0", "x"], 2, "fwd")
 
 
-def test_align_words_with_a_stand_in_fast_align(tmp_path, monkeypatch):
-    """Drives the subprocess plumbing with a fake ``fast_align`` that aligns word k to word k."""
+_FAKE_ALIGNER = """#!{python}
+# Stand-in aligner: aligns word k to word k. fast_align writes to stdout; eflomal-align to -f/-r files.
+import sys
+args = sys.argv[1:]
+lines = open(args[args.index("-i") + 1], encoding="utf-8").read().splitlines()
+out = []
+for line in lines:
+    src, tgt = line.split(" ||| ")
+    out.append(" ".join(f"{{k}}-{{k}}" for k in range(min(len(src.split()), len(tgt.split())))))
+text = "".join(o + "\\n" for o in out)
+if "-f" in args:
+    for flag in ("-f", "-r"):
+        open(args[args.index(flag) + 1], "w", encoding="utf-8").write(text)
+else:
+    sys.stdout.write(text)
+"""
+
+
+@pytest.mark.parametrize("aligner", ["fast_align", "eflomal-align"])
+def test_align_words_with_a_stand_in_aligner(tok, tmp_path, monkeypatch, aligner):
+    """Drives the subprocess plumbing of both aligner interfaces with a fake executable on PATH."""
     from scripts.align_words import main
 
-    fake = tmp_path / "bin" / "fast_align"
+    fake = tmp_path / "bin" / aligner
     fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\n" "awk -F ' [|][|][|] ' '{n=split($1,a,\" \"); m=split($2,b,\" \"); "
-                    "if (m<n) n=m; s=\"\"; for(k=0;k<n;k++) s=s (k?\" \":\"\") k \"-\" k; print s}' \"$2\"\n")
+    fake.write_text(_FAKE_ALIGNER.format(python=sys.executable))
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     rows = PAIRED + [{**PAIRED[0], "id": "p2", "caption2": ""}]
     src, out = write_jsonl(tmp_path / "p.jsonl", rows), tmp_path / "p.align"
-    assert main(["--input", str(src), "--output", str(out), "--aligner", "fast_align"]) == 0
+    assert main(["--input", str(src), "--output", str(out), "--aligner", aligner]) == 0
     assert out.read_text().splitlines() == ["0-0 1-1 2-2 3-3 4-4", "0-0 1-1 2-2 3-3 4-4", ""]
+    summary = build_paired_db(src, out, tmp_path / "p.db", tok, drop_empty=True, progress=False)
+    assert summary["written"] == 2 and summary["dropped"] == {"empty caption2": 1}
 
 
 def test_align_words_without_aligner_says_how_to_install(tmp_path, monkeypatch, capsys):
@@ -350,7 +371,7 @@ def test_align_words_without_aligner_says_how_to_install(tmp_path, monkeypatch, 
     assert not (tmp_path / "p.align").exists()
 
 
-def test_align_words_real_aligner(tmp_path):
+def test_align_words_real_aligner(tok, tmp_path):
     from scripts.align_words import find_aligner, main
 
     if find_aligner() is None:
@@ -360,6 +381,5 @@ def test_align_words_real_aligner(tmp_path):
     assert main(["--input", str(src), "--output", str(out)]) == 0
     lines = out.read_text().splitlines()
     assert len(lines) == 6
-    summary = build_paired_db(src, out, tmp_path / "p.db", load_tokenizer(make_tiny_tokenizer(tmp_path)),
-                              progress=False)
+    summary = build_paired_db(src, out, tmp_path / "p.db", tok, progress=False)
     assert summary["written"] == 6

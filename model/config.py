@@ -1,9 +1,11 @@
 """Model configuration of the UC2 transformer, with Hugging Face parameter names.
 
 The same JSON file can be one of ours (written by :meth:`UC2ModelConfig.to_json`), the model config of
-the original UC2 code (HF names, no ``model_type``), or a Hugging Face XLM-R ``config.json``. Keys that
-only matter to Hugging Face are ignored with a debug log line; any other unknown key, or a value of the
-wrong type, raises :class:`utils.config.ConfigError` naming the file and the key.
+the original UC2 code (HF names, no ``model_type``), or a Hugging Face XLM-R ``config.json`` (it has
+``model_type``/``architectures``). Keys that only matter to Hugging Face are ignored with a debug log
+line (in an HF file: every key UC2 does not use, and ``type_vocab_size``, since UC2 always has its own
+2-row text/image table). In our files any other unknown key, and in all files a value of the wrong
+type, raises :class:`utils.config.ConfigError` naming the file and the key.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ _HF_ONLY_KEYS = frozenset({
     "return_dict", "output_hidden_states", "output_attentions", "chunk_size_feed_forward",
     "id2label", "label2id", "problem_type", "_name_or_path", "name_or_path", "sep_token_id",
     "cls_token_id", "mask_token_id", "unk_token_id", "tie_word_embeddings",
+    # written by pytorch_transformers 1.x, which the original UC2 used
+    "finetuning_task", "num_labels", "torchscript", "pruned_heads", "use_bfloat16",
 })
 # In a Hugging Face config these describe XLM-R, not UC2: UC2 always adds a fresh 2-row type table.
 _HF_OVERRIDDEN_KEYS = frozenset({"type_vocab_size"})
@@ -97,7 +101,8 @@ class UC2ModelConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in values.items():
-            if key in _HF_ONLY_KEYS or (is_hf and key in _HF_OVERRIDDEN_KEYS):
+            # A Hugging Face file describes XLM-R with many keys of its own: take what UC2 uses.
+            if key in _HF_ONLY_KEYS or (is_hf and (key in _HF_OVERRIDDEN_KEYS or key not in fields)):
                 logger.debug("%s: ignoring Hugging Face key %r", source, key)
                 continue
             if key not in fields:

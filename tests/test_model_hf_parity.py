@@ -91,3 +91,13 @@ def test_hf_config_json_reads_as_uc2_config(hf_folders):
     assert (config.vocab_size, config.hidden_size, config.intermediate_size) == (100, 32, 37)
     assert config.type_vocab_size == 2  # XLM-R's single row is not UC2's text/image table
     assert config.layer_norm_eps == 1e-5
+
+
+def test_hf_config_extra_keys_ignored_but_types_checked(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"model_type": "xlm-roberta", "hidden_size": 64, "num_attention_heads": 4, '
+                    '"some_new_hf_option": true, "num_beams": 1}')
+    assert UC2ModelConfig.from_json(path).hidden_size == 64
+    path.write_text('{"model_type": "xlm-roberta", "layer_norm_eps": "tiny"}')
+    with pytest.raises(ValueError, match=r"config.json: key 'layer_norm_eps' expects float"):
+        UC2ModelConfig.from_json(path)

@@ -177,3 +177,13 @@ def test_init_from_xlmr_maps_lm_head_into_cls(tmp_path):
 def test_init_from_xlmr_wrong_folder(tmp_path):
     with pytest.raises(DataError, match="no model.safetensors or pytorch_model.bin"):
         init_from_xlmr(tiny(), tmp_path)
+
+
+def test_legacy_torch_format_loads(tmp_path):
+    """Checkpoints written by torch < 1.6 (non-zip format), as old releases may be, load too."""
+    src = tiny(seed=1)
+    torch.save({k: v.half() for k, v in save_uc2_state_dict(src).items()}, tmp_path / "old.pt",
+               _use_new_zipfile_serialization=False)
+    dst = tiny(seed=2)
+    load_uc2_checkpoint(dst, tmp_path / "old.pt", strict_heads=True)
+    assert torch.equal(dst.itm_output.weight, src.itm_output.weight.half().float())

@@ -50,8 +50,12 @@ def _publish(tmp: Path, out: Path) -> None:
         old = out.with_name(f"{out.name}.old-{os.getpid()}")
         out.rename(old)
     tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    if old is None:
+        return
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
 
 
 def _close_lmdbs(root: Path) -> None:
@@ -128,18 +132,23 @@ def _fix_meta_paths(txt: Path, tmp_root: Path, out: Path) -> None:
             tmp_file.replace(meta_path)
 
 
+def _by_key(per_split: dict) -> dict:
+    """{split: {key: n}} -> {key: {split: n}} (tables read per language, then split)."""
+    return {key: {split: per_split[split][key] for split in SPLITS} for key in per_split[SPLITS[0]]}
+
+
 def _collect_stats(root: Path, out: Path, cfg: DemoConfig, raw_stats: dict, rule: dict, vocab_size: int) -> dict:
+    """The stats.json content; paths inside are relative to the corpus folder (except ``out_dir``)."""
     dbs, kept, n_ids = _read_back(root, rule)
-    by_lang = lambda per_split: {k: {s: per_split[s][k] for s in SPLITS} for k in per_split[SPLITS[0]]}
     img_dir = root / "img_db" / IMG_SET
     sub_db = next(p.name for p in img_dir.iterdir() if (p / "data.mdb").is_file())
     return {
         "out_dir": str(out),
         "config": {**vars(cfg), "vocab_size": vocab_size, **rule},
         "images": raw_stats["images"],
-        "captions": by_lang(raw_stats["captions"]),
-        "paired": by_lang(raw_stats["paired"]),
-        "vqa": by_lang(raw_stats["vqa"]),
+        "captions": _by_key(raw_stats["captions"]),
+        "paired": _by_key(raw_stats["paired"]),
+        "vqa": _by_key(raw_stats["vqa"]),
         "vqa_types": raw_stats["vqa_types"],
         "vqa_answers": {lang: vqa_answer_stats(root / "raw", lang) for lang in lx.VQA_LANGS},
         "regions": {"raw": summarize_counts(raw_stats["regions"]), "kept": summarize_counts(kept)},

@@ -171,3 +171,58 @@ FRAME_WORDS = MappingProxyType({
     "zh": {"photo": (("照片", "photo"), ("里", None)), "picture": (("图片", "photo"), ("里", None)),
            "there": (("有", "there"),), "and": (("和", "and"),)},
 })
+
+
+# ----------------------------------------------------------------------------------------------- senses
+def _content_forms(lang: str) -> list[tuple[str, str]]:
+    """(surface form, sense) of every inflected class noun, colour and size word of ``lang``."""
+    if lang == "en":
+        return ([(f, f"class:{k}") for k, forms in EN_NOUNS.items() for f in forms]
+                + [(k, f"colour:{k}") for k in COLOUR_KEYS] + [(k, f"size:{k}") for k in SIZE_KEYS])
+    if lang == "de":
+        endings = {e for _, e in DE_ARTICLE.values()}
+        return ([(n, f"class:{k}") for k, (n, _) in DE_NOUNS.items()]
+                + [(s + e, f"colour:{k}") for k, s in DE_COLOURS.items() for e in endings]
+                + [(s + e, f"size:{k}") for k, s in DE_SIZES.items() for e in endings])
+    if lang == "fr":
+        return ([(n, f"class:{k}") for k, (n, _) in FR_NOUNS.items()]
+                + [(f, f"colour:{k}") for k, forms in FR_COLOURS.items() for f in forms]
+                + [(f, f"size:{k}") for k, forms in FR_SIZES.items() for f in forms])
+    if lang == "cs":
+        endings = set(CS_ADJ_ENDING.values())
+        return ([(f, f"class:{k}") for k, (_, *forms) in CS_NOUNS.items() for f in forms]
+                + [(s + e, f"colour:{k}") for k, s in CS_COLOURS.items() for e in endings]
+                + [(s + e, f"size:{k}") for k, s in CS_SIZES.items() for e in endings])
+    nouns, colours, sizes = (JA_NOUNS, {k: v[0][0] for k, v in JA_COLOURS.items()}, JA_SIZES) if lang == "ja" \
+        else (ZH_NOUNS, ZH_COLOURS, ZH_SIZES)
+    return ([(n, f"class:{k}") for k, (n, _) in nouns.items()] + [(c, f"colour:{k}") for k, c in colours.items()]
+            + [(s, f"size:{k}") for k, s in sizes.items()])
+
+
+def _function_forms(lang: str) -> list[tuple[str, str]]:
+    """(surface form, sense) of articles / counters and of the named parts of position, relation, frame phrases."""
+    dets = {"en": ["a", "an"], "de": [a for a, _ in DE_ARTICLE.values()],
+            "fr": [a for pair in FR_ARTICLE.values() for a in pair],
+            "ja": ["一" + c for _, c in JA_NOUNS.values()], "zh": ["一" + m for _, m in ZH_NOUNS.values()]}
+    forms = [(d, "det") for d in dets.get(lang, [])]
+    forms += [(pair[1], "of") for pair in FR_ARTICLE.values()] if lang == "fr" else []
+    forms += [("いる", "there"), ("ある", "there"), ("の", "of")] if lang == "ja" else []
+    forms += [("的", "of")] if lang == "zh" else []
+    for table, prefix in ((POSITION_PHRASES, "pos"), (RELATION_PHRASES, "rel")):
+        for name, phrase in table[lang].items():
+            forms += [(w, f"{prefix}:{name}" if part == "head" else part) for w, part in phrase if part]
+    forms += [(w, part) for phrase in FRAME_WORDS[lang].values() for w, part in phrase if part]
+    return forms
+
+
+def surface_senses(lang: str) -> dict[str, frozenset[str]]:
+    """Every word the grammars can write in ``lang`` that carries meaning, with the senses it can have.
+
+    Senses are shared across languages ("class:cube", "colour:red", "det", "rel:left", "of", "photo"...), so
+    two aligned words are translations exactly when their sense sets intersect. Built from the tables on
+    each call (cheap), not at import time.
+    """
+    senses: dict[str, set[str]] = {}
+    for form, sense in _content_forms(lang) + _function_forms(lang):
+        senses.setdefault(form, set()).add(sense)
+    return {form: frozenset(s) for form, s in senses.items()}

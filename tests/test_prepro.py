@@ -81,6 +81,15 @@ def test_caption_errors_name_file_and_line_and_leave_nothing(tok, tmp_path, bad_
     assert _leftovers(tmp_path) == []
 
 
+def test_caption_fields_cover_the_original_example(tok, tmp_path, orig_fixtures):
+    original = _raw_value(orig_fixtures / "txt_db" / "demo.db", "0")
+    build_caption_dbs(write_jsonl(tmp_path / "caps.jsonl", CAPTIONS), tmp_path, tok, "s", progress=False)
+    ours = _raw_value(tmp_path / "s_en.db", "c0")
+    assert set(original) <= set(ours) and isinstance(ours["raw"], str)
+    original_meta = json.loads((orig_fixtures / "txt_db" / "demo.db" / "meta.json").read_text())
+    assert set(original_meta) <= set(json.loads((tmp_path / "s_en.db" / "meta.json").read_text()))
+
+
 def test_invalid_utf8_names_the_line_and_a_bom_is_accepted(tok, tmp_path):
     src = tmp_path / "caps.jsonl"
     good = json.dumps(CAPTIONS[0]).encode()
@@ -285,6 +294,17 @@ def test_cli_captions_prints_summary_and_writes_json(tok, tmp_path, capsys):
     assert "wrote 3 examples" in capsys.readouterr().out
     assert (tmp_path / "out" / "caps_en.db").is_dir() and (tmp_path / "out" / "caps_ja.db").is_dir()
     assert json.loads((tmp_path / "sum.json").read_text())["written"] == 3
+
+
+def test_cli_vqa_wires_num_answers_and_ans2label(tok, tmp_path, capsys):
+    src = write_jsonl(tmp_path / "vqa.jsonl", VQA_ROWS)
+    base = ["vqa", "--input", str(src), "--tokenizer", str(tok.path), "--no_progress"]
+    assert prepro_cli.main(base + ["--output", str(tmp_path / "train.db"), "--num_answers", "2"]) == 0
+    assert json.loads((tmp_path / "train.db" / "label2ans.json").read_text()) == ["yes", "red"]
+    assert prepro_cli.main(base + ["--output", str(tmp_path / "val.db"), "--ans2label",
+                                   str(tmp_path / "train.db" / "ans2label.json")]) == 0
+    assert TxtDb(tmp_path / "val.db")["12"]["target"] == {"labels": [1], "scores": [0.6]}
+    assert "no_answer_in_vocab: 1" in capsys.readouterr().out  # question 13 ("seven")
 
 
 def test_cli_reports_data_errors_without_traceback(tok, tmp_path, capsys):

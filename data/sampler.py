@@ -113,6 +113,11 @@ class TokenBucketSampler:
 
     def global_batches(self, epoch: int) -> list[Batch]:
         """All ranks' batches of ``epoch`` in order; the count is a multiple of ``world_size``."""
+        seeds = draw_seeds(self.seed, epoch, len(self.lens))
+        return [[(i, int(seeds[i])) for i in batch] for batch in self._index_batches(epoch)]
+
+    def _index_batches(self, epoch: int) -> list[list[int]]:
+        """``global_batches`` without draw seeds (enough to count batches when skipping)."""
         n = len(self.lens)
         rng = np.random.default_rng([self.seed, epoch, _SHUFFLE_STREAM])
         order = rng.permutation(n) if self.shuffle else np.arange(n)
@@ -124,9 +129,7 @@ class TokenBucketSampler:
             batches += _fill_batches(bucket, self.lens, self.batch_tokens, self.size_multiple)
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        batches = _balance(batches, self.world_size)
-        seeds = draw_seeds(self.seed, epoch, n)
-        return [[(i, int(seeds[i])) for i in batch] for batch in batches]
+        return _balance(batches, self.world_size)
 
     def rank_batches(self, epoch: int) -> list[Batch]:
         """This rank's share of ``epoch``'s batches."""
@@ -139,11 +142,11 @@ class TokenBucketSampler:
         """
         epoch, skip = 0, start_batch
         while True:
-            epoch_batches = self.rank_batches(epoch)
-            if skip >= len(epoch_batches):
-                skip -= len(epoch_batches)
+            per_rank = len(self._index_batches(epoch)) // self.world_size
+            if skip >= per_rank:
+                skip -= per_rank
             else:
-                yield from epoch_batches[skip:]
+                yield from self.rank_batches(epoch)[skip:]
                 skip = 0
             epoch += 1
 

@@ -95,6 +95,34 @@ def test_mlm_example_same_seed_same_masks_and_wrapped_labels():
     assert one["position_ids"].tolist() == list(range(2, 44))
 
 
+# --- ITM -----------------------------------------------------------------------------------------
+
+def test_itm_negatives_are_other_images_with_the_configured_rate():
+    from data.tasks.itm import ItmObjective
+    examples = {f"c{k}": {"input_ids": [5, 6, 7], "img_fname": f"i{k}"} for k in range(4)}
+    source = source_of(examples)
+    itm = ItmObjective(ObjectiveSettings(itm_neg_prob=0.3))
+    own = source.image(0, "i1")["img_feat"]
+    negatives, drawn = 0, set()
+    for seed in range(400):
+        ex = itm.build_example(source, 1, np.random.default_rng(seed))
+        same = torch.equal(ex["img_feat"], own)
+        assert same == (ex["target"] == 1)
+        negatives += ex["target"] == 0
+        if ex["target"] == 0:
+            drawn.add(next(k for k in range(4) if torch.equal(ex["img_feat"], source.image(0, f"i{k}")["img_feat"])))
+    assert abs(negatives / 400 - 0.3) < 0.06 and drawn == {0, 2, 3}
+    again = itm.build_example(source, 1, np.random.default_rng(7))
+    assert torch.equal(again["img_feat"], itm.build_example(source, 1, np.random.default_rng(7))["img_feat"])
+
+
+def test_source_names_a_missing_image():
+    from data.errors import DataError
+    txt = FakeTxtDb({"c0": {"input_ids": [5], "img_fname": "gone.npz"}})
+    with pytest.raises(DataError, match="no image 'gone.npz'"):
+        ExampleSource([(txt, FakeImgDb({"i0": fake_image(3)}))])
+
+
 # --- regions -------------------------------------------------------------------------------------
 
 def test_region_masking_statistics_and_at_least_one():

@@ -78,6 +78,10 @@ class ExampleSource:
 
     def _part_lens(self, k: int) -> np.ndarray:
         txt, img = self.parts[k]
+        missing = [name for name in self._images[k] if name not in img.name2nbb]
+        if missing:
+            raise DataError(f"{getattr(img, 'db_dir', 'img_db')}: no image {missing[0]!r} (and {len(missing) - 1} "
+                            f"more) referenced by {getattr(txt, 'db_dir', 'txt_db')}/txt2img.json")
         txt_lens = np.asarray(txt.lens, dtype=np.int64)
         nbbs = np.array([img.name2nbb[txt.txt2img[i]] for i in self._ids[k]], dtype=np.int64)
         return txt_lens + NUM_SPECIALS + nbbs
@@ -283,14 +287,15 @@ class PretrainTask:
 
 
 def _all_reduce_sums(sums: dict[str, float], device) -> dict[str, float]:
-    """Sum the stats over ranks when torch.distributed is running (keys in sorted order on every rank)."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return sums
+    """Sum the stats over ranks (torch.distributed or horovod; a no-op on one process).
+
+    Every rank holds the same keys (Objective.stat_keys), reduced in sorted order.
+    """
+    from utils.distributed import all_reduce_sum_
+
     keys = sorted(sums)
     values = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(values)
-    return dict(zip(keys, values.tolist()))
+    return dict(zip(keys, all_reduce_sum_(values).tolist()))
 
 
 class RegionMaskObjective(Objective):

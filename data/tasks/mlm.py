@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from data.collate import collate_backbone, pad_labels
+from data.errors import DataError
 from data.tasks.base import ExampleSource, Objective, run_backbone, text_example, wrap_text
 from data.tasks.registry import register_task
 
@@ -95,6 +96,8 @@ class MlmObjective(Objective):
 
     def build_example(self, source: ExampleSource, index: int, rng: np.random.Generator) -> dict:
         record = source.text(index)
+        if len(record.fields["input_ids"]) == 0:
+            raise DataError(f"txt_db example {record.txt_id}: empty input_ids, MLM needs at least one token")
         masked, labels = mask_tokens(record.fields["input_ids"], self.settings.mask_prob, record.meta, rng)
         example = text_example(wrap_text(masked.tolist(), record.meta),
                                source.image(record.part, record.fields["img_fname"]))

@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import lmdb
 import msgpack
 import msgpack_numpy
 import numpy as np
@@ -12,16 +11,18 @@ import pytest
 
 from data.errors import DataError
 from data.img_db import ImgDb
+from data.lmdb_env import open_lmdb
 from scripts.convert_imgdir import convert_imgdir, summary_line
 
 
 def _records(db_dir) -> dict:
-    """{key: raw bytes} of every record of an LMDB, read with plain lmdb."""
-    env = lmdb.open(str(db_dir), readonly=True, lock=False)
-    with env.begin() as txn:
-        out = {bytes(k).decode(): bytes(v) for k, v in txn.cursor()}
-    env.close()
-    return out
+    """{key: raw bytes} of every record of an LMDB.
+
+    Through the project's per-process cache: other tests in this process may hold the fixture's
+    environment open, and py-lmdb refuses a second plain ``lmdb.open`` of it.
+    """
+    with open_lmdb(db_dir).begin() as txn:
+        return {bytes(k).decode(): bytes(v) for k, v in txn.cursor()}
 
 
 def _decode(raw: bytes) -> dict:

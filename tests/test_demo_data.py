@@ -45,6 +45,13 @@ def test_same_seed_identical_files_other_seed_differs(raw, tmp_path):
     assert (tmp_path / "other" / name).read_bytes() != (raw_dir / name).read_bytes()
 
 
+def test_bad_sizes_are_config_errors_naming_the_option():
+    from utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'n_val' must be an integer >= 1, got 0"):
+        DemoConfig(n_val=0)
+
+
 # ------------------------------------------------------------------------------------------- raw statistics
 def test_raw_counts_match_files_and_splits_are_disjoint(raw):
     raw_dir, stats = raw

@@ -25,6 +25,7 @@ import numpy as np
 
 from data.demo import grammar, lexicon as lx, vqa
 from data.demo.scene import FEAT_DIM, Prototypes, Scene, make_prototypes, sample_scene, scene_regions
+from utils.config import ConfigError
 
 SPLITS = ("train", "val", "test")
 IMG_SET = "demo_imgs"
@@ -49,7 +50,7 @@ class DemoConfig:
         for name in ("n_train", "n_val", "n_test", "captions_per_image", "paired_per_image",
                      "questions_per_image", "feat_dim"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"demo corpus option {name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"demo corpus option {name!r} must be an integer >= 1, got {getattr(self, name)!r}")
 
     def split_indices(self) -> dict[str, range]:
         """Global image indices of each split (disjoint, train first)."""

@@ -225,24 +225,31 @@ def test_label_draws_are_vectorised_lookups():
 
 # --- compatibility with the original code's outputs ------------------------------------------------
 
-def test_collate_and_heads_reproduce_original_outputs(orig_fixtures):
-    """Our collate (packing, positions, img_mask_tgt) fed to our model gives the original's scores."""
+def _original_model_and_cases(root):
+    """The fixture's tiny original model (eval mode), its cases.json and cases.npz arrays."""
     import json
 
-    from data.collate import box_pos_feat, collate_backbone, img_mask_target, pad_labels, xlmr_position_ids
-    from data.tasks.mlm import token_prediction
     from model.weights import load_uc2_checkpoint
 
-    root = orig_fixtures / "model"
     cases, arrays = json.loads((root / "cases.json").read_text()), dict(np.load(root / "cases.npz"))
     config = UC2ModelConfig.from_json(root / "config.json")
     config.img_dim, config.img_label_dim = cases["img_dim"], cases["img_label_dim"]
     model = UC2ForPretraining(config).eval()
     load_uc2_checkpoint(model, root / "state_dict.pt", strict_heads=True)
+    return model, cases, arrays
+
+
+def test_collate_and_heads_reproduce_original_outputs(orig_fixtures):
+    """Our collate (packing, positions, img_mask_tgt) fed to our model gives the original's scores."""
+    from data.collate import box_pos_feat, collate_backbone, img_mask_target, pad_labels, xlmr_position_ids
+    from data.tasks.mlm import token_prediction
+
+    model, cases, arrays = _original_model_and_cases(orig_fixtures / "model")
 
     def example(ids, k, positions=None):
         ex = cases["examples"][k]
-        return {"input_ids": torch.tensor(ids), "position_ids": xlmr_position_ids(len(ids)) if positions is None else positions,
+        return {"input_ids": torch.tensor(ids),
+                "position_ids": xlmr_position_ids(len(ids)) if positions is None else positions,
                 "img_feat": torch.from_numpy(arrays[ex["feat_key"]]).float(),
                 "img_pos_feat": torch.from_numpy(box_pos_feat(arrays[ex["norm_bb_key"]]))}
 

@@ -24,12 +24,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from data.collate import FIRST_POSITION, PAD_ID, PAD_POSITION, box_pos_feat
 from data.errors import DataError
+from utils import distributed as du
+from utils.retrieval_metrics import coco_1k_folds, retrieval_recalls
 
 CLS_ID = 0
 SEP_ID = 2
@@ -284,13 +287,6 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size) of the initialised default process group, or (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 @torch.no_grad()
 def score_local_rows(model, dataset: RetrievalSet, settings: ScoreSettings, rank: int = 0,
                      world_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -341,11 +337,7 @@ def gather_rows(rows: np.ndarray, scores: np.ndarray, n_txt: int) -> np.ndarray:
 
     Rows travel with their caption indices, so the result does not depend on which rank scored what.
     """
-    _, world = _rank_world()
-    parts = [(rows, scores)]
-    if world > 1:
-        parts = [None] * world
-        torch.distributed.all_gather_object(parts, (rows, scores))
+    parts = du.all_gather_object((rows, scores)) if du.get_world_size() > 1 else [(rows, scores)]
     full = np.full((n_txt, scores.shape[1]), np.nan, dtype=np.float32)
     for part_rows, part_scores in parts:
         full[part_rows] = part_scores
@@ -361,7 +353,7 @@ def score_matrix(model, dataset: RetrievalSet, settings: ScoreSettings | None = 
     The model is put in eval mode (no dropout) and restored to its previous mode afterwards.
     """
     settings = settings or ScoreSettings()
-    rank, world = _rank_world()
+    rank, world = du.get_rank(), du.get_world_size()
     was_training = model.training
     model.eval()
     try:
@@ -404,3 +396,65 @@ def load_scores(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: scores {out['scores'].shape} do not match txt_ids "
                         f"({len(out['txt_ids'])}) / img_fnames ({len(out['img_fnames'])})")
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluating several test sets into one table
+
+
+def open_retrieval_set(spec, img_rule: dict[str, Any]) -> RetrievalSet:
+    """A :class:`RetrievalSet` from a config spec (``name``, ``txt_db``, ``img_db``) and the box rule
+    ``img_rule`` (conf_th, max_bb, min_bb, num_bb). All captions are kept (no length limit)."""
+    from data.img_db import ImgDb   # imported here: the scoring engine itself needs no LMDB
+    from data.txt_db import TxtDb
+    return load_retrieval_set(spec.name, TxtDb(spec.txt_db, max_txt_len=None), ImgDb(spec.img_db, **img_rule))
+
+
+def set_metrics(scores: np.ndarray, dataset: RetrievalSet, coco_folds: int = 0) -> dict[str, float]:
+    """Recall@1/5/10 both ways and AR of one score matrix; with ``coco_folds`` > 1 the mean over that many
+    consecutive image folds (columns are in file-name order), plus ``n_folds``."""
+    if coco_folds > 1:
+        return coco_1k_folds(scores, dataset.txt2img, n_folds=coco_folds)["mean"]
+    return retrieval_recalls(scores, dataset.txt2img)
+
+
+def evaluate_sets(model, specs: Sequence[Any], settings: ScoreSettings, setting: str,
+                  open_set: Callable[[Any], RetrievalSet], out_dir: Path | None = None,
+                  save: bool = True) -> list[dict[str, Any]]:
+    """Score and measure every test set; returns results for utils.results_table.
+
+    Args:
+        specs: objects with ``name``, ``dataset``, ``lang``, ``coco_folds`` (utils.itm_config.RetrievalSetSpec).
+        setting: row label, e.g. "English-only fine-tune" or "Zero-shot".
+        open_set: spec -> RetrievalSet (e.g. ``lambda s: open_retrieval_set(s, rule)``).
+        out_dir: where rank 0 writes ``scores_{name}.npz`` when ``save``.
+    Returns:
+        ``[{"setting", "dataset", "lang", "name", "metrics"}, ...]`` in the order of ``specs``.
+    """
+    results = []
+    for spec in specs:
+        dataset = open_set(spec)
+        scores = score_matrix(model, dataset, settings)
+        if save and out_dir is not None and du.is_main():
+            save_scores(Path(out_dir) / f"scores_{spec.name}.npz", scores, dataset)
+        results.append({"setting": setting, "dataset": spec.dataset, "lang": spec.lang, "name": spec.name,
+                        "metrics": set_metrics(scores, dataset, spec.coco_folds)})
+    return results
+
+
+def write_results(out_dir: Path, results: Sequence[dict[str, Any]]) -> str:
+    """Write results.md / results.json on rank 0 (paper table-1 layout, R@K details, and a per-language
+    table for a dataset outside table 1 such as the demo); returns the Markdown to print, which for such a
+    dataset leaves out the (empty) table 1."""
+    from utils.results_table import (TABLE1_COLUMNS, canonical_dataset, demo_markdown, detail_markdown,
+                                     tables_markdown, write_tables)
+    table1 = {d for d, _ in TABLE1_COLUMNS}
+    others = [r["dataset"] for r in results if canonical_dataset(r["dataset"]) not in table1]
+    demo = others[0] if others else None
+    rows = [{k: r[k] for k in ("setting", "dataset", "lang", "metrics")} for r in results]
+    if du.is_main():
+        write_tables(out_dir, retrieval=rows, include_paper=demo is None, demo_dataset=demo)
+    if demo is None:
+        return tables_markdown(rows, include_paper=True)
+    return (f"## Retrieval: Average Recall per language ({demo})\n\n{demo_markdown(rows, demo)}\n"
+            f"## Retrieval: Recall@K\n\n{detail_markdown(rows)}")

@@ -1,0 +1,124 @@
+"""Run configs of retrieval fine-tuning (``train_itm.py``) and evaluation (``inf_itm.py``).
+
+Language settings are data only: ``train_datasets`` lists (txt_db, img_db) pairs (English only, one
+language, or all of them; they are merged and drawn in proportion to their sizes). Paths may hold
+``${VAR}`` placeholders (e.g. ``${UC2_DEMO_DIR}`` set by ``scripts/run_demo.py``); they are expanded
+when the config is loaded, and an unset variable is a ConfigError naming the key.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from utils.config import ConfigError, field
+from utils.run_config import Precision, TrainConfig
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_path(value: str, key: str) -> str:
+    """``value`` with every ``${VAR}`` replaced from the environment; ConfigError names ``key`` when a
+    variable is unset. Empty values stay empty."""
+    def substitute(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(f"{key}: environment variable {name} in {value!r} is not set")
+        return os.environ[name]
+
+    return _PLACEHOLDER.sub(substitute, value)
+
+
+@dataclass
+class RetrievalSetSpec:
+    """One retrieval split: a caption database and the image database its captions point to."""
+
+    name: str = field(help="label used in logs, metric names and score files, e.g. 'multi30k_de'")
+    txt_db: str = field(help="txt_db directory (NAME.db)")
+    img_db: str = field(help="img_db directory (the image set folder holding feat_th*/ and nbb_*.json)")
+    dataset: str = field("multi30k", help="table column group: 'multi30k' or 'mscoco' (or a demo name)")
+    lang: str = field("en", help="caption language (table column)")
+    coco_folds: int = field(0, help="evaluation: > 1 averages recall over this many image folds (COCO 1K: 5)")
+
+    def __post_init__(self) -> None:
+        self.txt_db = expand_path(self.txt_db, f"{self.name}.txt_db")
+        self.img_db = expand_path(self.img_db, f"{self.name}.img_db")
+        if self.coco_folds < 0 or self.coco_folds == 1:
+            raise ConfigError(f"{self.name}.coco_folds: expected 0 (whole set) or >= 2 folds, got {self.coco_folds}")
+
+
+@dataclass
+class EvalOptions:
+    """How the cross-encoder scores a test set (see utils/itm_eval.py)."""
+
+    txt_block: int = field(8, help="captions per scoring batch block")
+    img_block: int = field(64, help="images per scoring batch block (pairs per batch = txt_block * img_block)")
+    save_scores: bool = field(True, help="write scores_{name}.npz (score matrix, caption ids, image names)")
+
+    def __post_init__(self) -> None:
+        if self.txt_block < 1 or self.img_block < 1:
+            raise ConfigError(f"eval: txt_block ({self.txt_block}) and img_block ({self.img_block}) must be >= 1")
+
+
+@dataclass
+class RetrievalConfig(TrainConfig):
+    """Retrieval fine-tuning (paper section 4 / released config), plus the final test evaluation."""
+
+    learning_rate: float = field(1e-4, help="peak learning rate after warm-up")
+    warmup_steps: int = field(5000, help="linear warm-up steps (released config: 5000; paper: 10 %)")
+    num_train_steps: int = field(50000, help="optimizer steps (50k all-language, 30k English-only)")
+    train_batch_size: int = field(40, help="positive pairs per GPU per micro-batch (each adds 2k negative rows)")
+    valid_steps: int = field(2000, help="validate (recall on val_datasets) every this many steps (0: never)")
+    save_steps: int = field(2000, help="checkpoint every this many optimizer steps (0: only at the end)")
+    train_datasets: list[RetrievalSetSpec] = field(default_factory=list, help="training sets, merged")
+    val_datasets: list[RetrievalSetSpec] = field(default_factory=list, help="validation sets (mean AR keeps the best)")
+    test_datasets: list[RetrievalSetSpec] = field(default_factory=list, help="sets evaluated after training")
+    setting: str = field("All-language fine-tune", help="row label of the results table")
+    negative_size: int = field(1, help="k: negative images and negative captions per positive pair")
+    margin: float = field(0.2, help="hinge margin between positive and negative scores")
+    hard_neg_every: int = field(0, help="0: random negatives; n: every n-th batch mines hard negatives")
+    hard_neg_pool: int = field(16, help="candidates per side scored when mining hard negatives")
+    embeddings_lr_mult: float = field(1.0, help="learning-rate multiplier of roberta.embeddings (XLM-R text embeddings)")
+    eval: EvalOptions = field(default_factory=EvalOptions, help="scoring of validation and test sets")
+    results_dir: str = field("", help="where results.md/.json and score files go; empty: {output_dir}/results")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.train_datasets:
+            raise ConfigError("train_datasets: expected at least one training set")
+        for key in ("output_dir", "checkpoint", "model_config", "tokenizer", "results_dir"):
+            setattr(self, key, expand_path(getattr(self, key), key))
+        if self.negative_size < 1:
+            raise ConfigError(f"negative_size: expected >= 1, got {self.negative_size}")
+        if self.hard_neg_every < 0 or (self.hard_neg_every and self.hard_neg_pool < self.negative_size):
+            raise ConfigError(f"hard_neg_every/hard_neg_pool: expected hard_neg_every >= 0 and hard_neg_pool "
+                              f">= negative_size ({self.negative_size}), got {self.hard_neg_every}/{self.hard_neg_pool}")
+        if self.embeddings_lr_mult <= 0:
+            raise ConfigError(f"embeddings_lr_mult: expected > 0, got {self.embeddings_lr_mult}")
+
+
+@dataclass
+class RetrievalEvalConfig:
+    """Evaluation of one checkpoint on several test sets (``inf_itm.py``)."""
+
+    output_dir: str = field(help="where results.md, results.json and the score files go")
+    checkpoint: str = field(help="fine-tuned retrieval checkpoint, or a pretraining one for zero-shot")
+    model_config: str = field("", help="model config JSON (UC2ModelConfig); empty: the default base model")
+    test_datasets: list[RetrievalSetSpec] = field(default_factory=list, help="sets to evaluate, one table")
+    head: Literal["auto", "rank", "itm"] = field(
+        "auto", help="'rank' (fine-tuned), 'itm' (zero-shot ITM match score), 'auto': rank when the "
+                     "checkpoint holds rank_output, else itm")
+    setting: str = field("", help="row label of the table; empty: 'Zero-shot' for itm, 'Fine-tuned' for rank")
+    precision: Precision = field("fp32", help="fp32, fp16 or bf16 autocast while scoring")
+    conf_th: float = field(0.2, help="detector confidence threshold selecting regions")
+    max_bb: int = field(100, help="most regions per image")
+    min_bb: int = field(10, help="fewest regions per image")
+    num_bb: int = field(36, help="fixed region count for feat_numbb{num_bb} image databases")
+    eval: EvalOptions = field(default_factory=EvalOptions, help="scoring block sizes, score files")
+
+    def __post_init__(self) -> None:
+        if not self.test_datasets:
+            raise ConfigError("test_datasets: expected at least one test set")
+        for key in ("output_dir", "checkpoint", "model_config"):
+            setattr(self, key, expand_path(getattr(self, key), key))

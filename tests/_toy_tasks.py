@@ -6,7 +6,7 @@ with batch 2b sees exactly the examples that two ranks with batch b see together
 
 Run as a script (``python tests/_toy_tasks.py --output_dir OUT ...``), it trains with the shared Trainer;
 ``--hang_after_step K`` makes it print ``HANG K`` and sleep after step K (so a test can SIGKILL it at a
-known point), ``--die_rank R --die_step K`` makes rank R exit abruptly, ``--dump_params FILE`` writes this
+known point), ``--die_rank R --die_step K`` makes rank R exit abruptly (or hang, with ``--die_mode hang``), ``--dump_params FILE`` writes this
 rank's final parameters.
 """
 from __future__ import annotations
@@ -97,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> Trainer:
     parser.add_argument("--hang_after_step", type=int, default=-1)
     parser.add_argument("--die_rank", type=int, default=-1)
     parser.add_argument("--die_step", type=int, default=-1)
-    parser.add_argument("--dump_params", default="")
+    parser.add_argument("--die_mode", choices=["exit", "hang"], default="exit")
+    parser.add_argument("--dump_params", default="", help="file for the final weights; {rank} is replaced")
     opts, rest = parser.parse_known_args(argv)
     cfg = parse_args_and_config(TrainConfig, rest)
     info = du.init_distributed(timeout_s=cfg.dist_timeout_s)
@@ -108,13 +109,16 @@ def main(argv: Sequence[str] | None = None) -> Trainer:
             print(f"HANG {trainer.step}", flush=True)
             time.sleep(600)
         if trainer.step == opts.die_step and info.rank == opts.die_rank:
+            if opts.die_mode == "hang":
+                time.sleep(600)
             os._exit(3)
 
     trainer = Trainer(model, tasks, cfg, device=torch.device("cpu"), callbacks=[hooks])
     try:
         trainer.train()
         if opts.dump_params:
-            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, opts.dump_params)
+            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
+                       opts.dump_params.format(rank=info.rank))
     finally:
         du.shutdown()
     return trainer
@@ -122,3 +126,26 @@ def main(argv: Sequence[str] | None = None) -> Trainer:
 
 if __name__ == "__main__":
     main()
+
+
+def collectives_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    """Spawned by tests: exercises the collectives of utils.distributed on a gloo group of ``world_size``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    du.init_distributed(timeout_s=30)
+    try:
+        torch.manual_seed(rank)  # different weights per rank, so broadcast_params has something to do
+        model = nn.Linear(3, 2)
+        du.broadcast_params(model)
+        only_rank0, nobody, everyone = (nn.Parameter(torch.zeros(2)) for _ in range(3))
+        if rank == 0:
+            only_rank0.grad = torch.tensor([2.0, 4.0])
+        everyone.grad = torch.full((2,), float(rank + 1))
+        du.all_reduce_grads([only_rank0, nobody, everyone], bucket_bytes=8)  # tiny buckets: several rounds
+        result = {"weight": model.weight.detach(), "only_rank0": only_rank0.grad, "nobody": nobody.grad,
+                  "everyone": everyone.grad, "mean": du.all_reduce_mean(torch.tensor([float(rank)])),
+                  "gathered": du.all_gather_object({"rank": rank}), "is_main": du.is_main()}
+        du.barrier()
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        du.shutdown()

@@ -162,3 +162,18 @@ def test_two_gloo_ranks_give_the_single_process_matrix(tmp_path):
     torch.multiprocessing.spawn(_rank_worker, args=(2, str(tmp_path / "init"), state_path, out), nprocs=2)
     for rank in range(2):
         np.testing.assert_array_equal(np.load(f"{out}.{rank}.npy"), single)
+
+
+def test_encoder_flops_per_pair_by_hand():
+    cfg = tiny_config()  # H 16, I 32, 2 layers
+    # L = 5: per layer 5 * (8*256 + 4*16*32 + 4*5*16) = 5 * (2048 + 2048 + 320) = 22080; two layers.
+    assert itm_eval.encoder_flops_per_pair(cfg, 3, 2) == 2 * 22080
+
+
+def test_measure_scoring_on_a_synthetic_set():
+    model = tiny_model()
+    ds = itm_eval.synthetic_set(n_txt=6, n_img=4, txt_len=5, n_regions=3, img_dim=IMG_DIM, vocab_size=40)
+    assert all(len(t) == 3 for t in ds.txt_tokens) and ds.load_image(ds.img_fnames[0])[0].shape == (3, IMG_DIM)
+    stats = itm_eval.measure_scoring(model, ds, ScoreSettings(txt_block=3, img_block=4))
+    assert stats["pairs_per_s"] > 0 and stats["tflops"] == pytest.approx(
+        24 * itm_eval.encoder_flops_per_pair(model.config, 5, 3) / stats["seconds"] / 1e12)

@@ -458,3 +458,54 @@ def write_results(out_dir: Path, results: Sequence[dict[str, Any]]) -> str:
         return tables_markdown(rows, include_paper=True)
     return (f"## Retrieval: Average Recall per language ({demo})\n\n{demo_markdown(rows, demo)}\n"
             f"## Retrieval: Recall@K\n\n{detail_markdown(rows)}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Throughput (for scripts/benchmark.py)
+
+
+def encoder_flops_per_pair(config, txt_len: int, n_regions: int) -> float:
+    """Forward FLOPs of the encoder on one packed pair of length L = txt_len + n_regions.
+
+    Per layer and token: Q, K, V and output projections 4 * 2H^2, feed-forward 2 * 2HI, attention scores
+    and weighted sum 2 * 2LH (multiply-add = 2 FLOPs). Embeddings and the pooler are left out (the split
+    path computes embeddings once per caption / image, and they are < 1 % of a pair's work at base shape).
+    """
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    length = txt_len + n_regions
+    return float(layers * length * (8 * h * h + 4 * h * inter + 4 * length * h))
+
+
+def synthetic_set(n_txt: int, n_img: int, txt_len: int, n_regions: int, img_dim: int, vocab_size: int = 1000,
+                  seed: int = 0) -> RetrievalSet:
+    """A random set of fixed shapes: captions of ``txt_len - 2`` ids in [5, vocab_size), images of
+    ``n_regions`` boxes of width ``img_dim``."""
+    rng = np.random.default_rng(seed)
+    feats = {f"img{j}": (rng.normal(size=(n_regions, img_dim)).astype(np.float32),
+                         rng.uniform(size=(n_regions, 7)).astype(np.float32)) for j in range(n_img)}
+    names = sorted(feats)
+    return RetrievalSet(name="synthetic", txt_ids=[str(i) for i in range(n_txt)],
+                        txt_tokens=[rng.integers(5, vocab_size, size=txt_len - 2) for _ in range(n_txt)],
+                        img_fnames=names, txt2img=np.arange(n_txt) % n_img,
+                        img_nbb=np.full(n_img, n_regions), load_image=feats.__getitem__)
+
+
+def measure_scoring(model, dataset: RetrievalSet, settings: ScoreSettings, repeats: int = 1) -> dict[str, float]:
+    """Time :func:`score_matrix` on ``dataset`` (after one warm-up run).
+
+    Returns ``pairs_per_s`` and ``tflops`` (achieved, from :func:`encoder_flops_per_pair` with the set's
+    mean caption length + 2 and mean box count), to compare with the measured matmul peak.
+    """
+    import time
+    score_matrix(model, dataset, settings)                            # warm-up (kernels, allocator)
+    sync = torch.cuda.synchronize if _model_device(model).type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        score_matrix(model, dataset, settings)
+    sync()
+    seconds = (time.perf_counter() - start) / repeats
+    pairs = len(dataset.txt_ids) * len(dataset.img_fnames)
+    txt_len = float(np.mean([len(t) + 2 for t in dataset.txt_tokens]))
+    flops = pairs * encoder_flops_per_pair(model.config, round(txt_len), round(float(np.mean(dataset.img_nbb))))
+    return {"pairs_per_s": pairs / seconds, "tflops": flops / seconds / 1e12, "seconds": seconds}

@@ -219,3 +219,36 @@ def test_toy_main_runs_in_process(tmp_path):
     trainer = toy_main(["--output_dir", str(tmp_path / "run"), "--num_train_steps", "3", "--warmup_steps", "1",
                         "--save_steps", "0", "--log_steps", "1", "--valid_steps", "0"])
     assert trainer.step == 3 and (tmp_path / "run" / "ckpt" / "model_step_3.pt").is_file()
+
+
+def test_resume_from_explicit_checkpoint_file_into_new_run_dir(tmp_path):
+    kw = dict(num_train_steps=4, save_steps=2, dropout=0.3)
+    first = _trainer(_cfg(tmp_path / "a", **kw))
+    first.train()
+    start = tmp_path / "a" / "run" / "ckpt" / "train_state_step_2.pt"
+    branch = _trainer(_cfg(tmp_path / "b", resume=str(start), **kw))
+    branch.train()
+    for (name, a), b in zip(first.model.state_dict().items(), branch.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), name
+    assert "resumed from step 2" in (tmp_path / "b" / "run" / "log.txt").read_text()
+    with pytest.raises(ConfigError, match="resume: expected 'auto', 'none', a checkpoint directory"):
+        _trainer(_cfg(tmp_path / "c", resume=str(tmp_path / "x.pt"), **kw)).train()
+
+
+def test_run_logger_rank0_only_and_copies_library_warnings(tmp_path):
+    import logging
+
+    from utils.logger import RunLogger
+
+    with RunLogger(tmp_path / "main", tensorboard=False) as log:
+        log.info("hello")
+        logging.getLogger("utils.config").warning("ignoring original keys: rename")
+        log.scalars(1, {"x": 1.0})  # no TensorBoard writer: a no-op
+    logging.getLogger("utils.config").warning("after close")
+    text = (tmp_path / "main" / "log.txt").read_text()
+    assert "hello" in text and "WARNING utils.config: ignoring original keys: rename" in text
+    assert "after close" not in text
+    with RunLogger(tmp_path / "other", enabled=False) as quiet:
+        quiet.info("nothing")
+        quiet.progress(10).update(1)
+    assert not (tmp_path / "other").exists()

@@ -6,8 +6,8 @@ with batch 2b sees exactly the examples that two ranks with batch b see together
 
 Run as a script (``python tests/_toy_tasks.py --output_dir OUT ...``), it trains with the shared Trainer;
 ``--hang_after_step K`` makes it print ``HANG K`` and sleep after step K (so a test can SIGKILL it at a
-known point), ``--die_rank R --die_step K`` makes rank R exit abruptly (or hang, with ``--die_mode hang``), ``--dump_params FILE`` writes this
-rank's final parameters.
+known point), ``--die_rank R --die_step K`` makes rank R exit abruptly (or hang, with ``--die_mode
+hang``), ``--dump_params FILE`` writes this rank's final parameters.
 """
 from __future__ import annotations
 

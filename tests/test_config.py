@@ -32,7 +32,8 @@ def test_loads_nested_config_with_types():
 
 def test_unknown_nested_key_names_path_and_suggestion():
     bad = dict(DS, mix_ratoi=[1, 1])
-    with pytest.raises(ConfigError, match=r"'train_datasets\[0\]\.mix_ratoi'.*did you mean 'train_datasets\[0\]\.mix_ratio'"):
+    with pytest.raises(ConfigError, match=r"'train_datasets\[0\]\.mix_ratoi'.*"
+                                          r"did you mean 'train_datasets\[0\]\.mix_ratio'"):
         from_dict(PretrainConfig, {"output_dir": "o", "train_datasets": [bad]})
     with pytest.raises(ConfigError, match=r"unknown config key 'learnig_rate'; did you mean 'learning_rate'"):
         from_dict(TrainConfig, {"output_dir": "o", "learnig_rate": 1.0})
@@ -53,7 +54,7 @@ def test_missing_and_wrong_types_name_key_and_type():
         from_dict(TrainConfig, {"output_dir": "o", "precision": "fp8"})
     with pytest.raises(ConfigError, match=r"'train_datasets\[0\]\.db': expected a list"):
         from_dict(PretrainConfig, {"output_dir": "o", "train_datasets": [dict(DS, db="a.db")]})
-    with pytest.raises(ConfigError, match=r"mix_ratio has 1 values for 2 tasks"):
+    with pytest.raises(ConfigError, match=r"train_datasets\[0\]: dataset 'coco': mix_ratio has 1 values for 2 tasks"):
         from_dict(PretrainConfig, {"output_dir": "o", "train_datasets": [dict(DS, mix_ratio=[1])]})
     # JSON writes 2e5 as a float: accepted for an int only when whole
     assert from_dict(TrainConfig, {"output_dir": "o", "num_train_steps": 2e5}).num_train_steps == 200000

@@ -119,11 +119,10 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
         elif fld.default is _MISSING and fld.default_factory is _MISSING:
             raise ConfigError(f"missing required config key '{_join(path, name)}' ({_type_name(hints[name])})")
     try:
-        return cls(**kwargs)
+        return cls(**kwargs)  # runs the class's own checks (__post_init__)
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{exc}") from exc
 
 
 def _convert(value: Any, tp: Any, path: str) -> Any:
@@ -387,6 +386,9 @@ def config_help(cls: type, prefix: str = "") -> list[str]:
     for fld in dataclasses.fields(cls):
         name = _join(prefix, fld.name)
         tp = hints[fld.name]
+        non_none = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (Union, types.UnionType) and len(non_none) == 1:
+            tp = non_none[0]  # Optional[SubConfig]: list the sub-config's fields
         if dataclasses.is_dataclass(tp):
             lines.extend(config_help(tp, name))
             continue

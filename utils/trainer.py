@@ -80,6 +80,8 @@ class Trainer:
                  model_config: dict | None = None, lr_multipliers: dict[str, float] | None = None,
                  best_metric: str | None = None, best_mode: str = "max",
                  callbacks: Sequence[Callable[["Trainer"], None]] = ()) -> None:
+        if best_mode not in ("max", "min"):
+            raise ConfigError(f"trainer: best_mode must be 'max' or 'min', got {best_mode!r}")
         self.cfg = cfg
         self.device = device or default_device()
         self.model = model.to(self.device)
@@ -91,7 +93,7 @@ class Trainer:
         self._owns_logger = logger is None
         self.logger = logger or RunLogger(cfg.output_dir, enabled=du.is_main())
         self.model_config = model_config
-        self.best_metric, self.best_mode = self._check_best(best_metric, best_mode)
+        self.best_metric, self.best_mode = best_metric, best_mode
         self.callbacks = list(callbacks)
         self.step = 0
         self.consumed = {t.name: 0 for t in self.tasks}
@@ -111,12 +113,6 @@ class Trainer:
         if bad:
             raise ConfigError(f"trainer: tasks {bad} need a positive weight (mix_ratio)")
         return list(tasks)
-
-    @staticmethod
-    def _check_best(metric: str | None, mode: str) -> tuple[str | None, str]:
-        if mode not in ("max", "min"):
-            raise ConfigError(f"trainer: best_mode must be 'max' or 'min', got {mode!r}")
-        return metric, mode
 
     # ------------------------------------------------------------------------------------------ main loop
     def train(self) -> dict[str, float]:
@@ -154,7 +150,7 @@ class Trainer:
         task = self.draw_task(self.step)
         start = time.perf_counter()
         group = self.optimizer.param_groups[0]
-        self._window["lr"] = group["lr"] / group.get("lr_mult", 1.0)  # peak-relative LR this step used
+        self._window["lr"] = group["lr"] / group.get("lr_mult", 1.0)  # this step's LR, without the group multiplier
         loss, logs, n_examples = self._accumulate(task)
         grad_norm = self._optimizer_step()
         self.step += 1

@@ -132,3 +132,30 @@ def test_unset_placeholder_and_missing_training_sets_are_config_errors(monkeypat
     bad.write_text(json.dumps({"output_dir": "/x"}))
     with pytest.raises(ConfigError, match="train_datasets: expected at least one"):
         load_config(RetrievalConfig, bad)
+
+
+def test_stop_and_resume_equals_one_run(corpus, tmp_path):
+    """10 steps, stop, resume to 20 gives the same weights as 20 steps in one go (hard negatives on)."""
+    def run(out: Path, steps: int) -> None:
+        train_itm.main([
+            "--output_dir", str(out), "--model_config", str(corpus["model_config"]),
+            "--checkpoint", str(corpus["checkpoint"]), "--n_workers", "0", "--pin_mem", "false",
+            "--train_datasets", f"[{spec(corpus, 'en_train', 'en_train')}]", "--num_train_steps", "20",
+            "--warmup_steps", "2", "--learning_rate", "1e-3", "--train_batch_size", "4", "--valid_steps", "0",
+            "--save_steps", "10", "--log_steps", "10", "--hard_neg_every", "3", "--hard_neg_pool", "4",
+            "--decay", "constant",  # the LR then does not depend on num_train_steps
+            *(["--num_train_steps", str(steps)] if steps != 20 else [])])
+
+    run(tmp_path / "one", 20)
+    run(tmp_path / "two", 10)
+    # The second leg changes only num_train_steps; the run dir refuses other config changes.
+    hps = json.loads((tmp_path / "two" / "hps.json").read_text())
+    hps["num_train_steps"] = 20
+    (tmp_path / "two" / "hps.json").write_text(json.dumps(hps))
+    run(tmp_path / "two", 20)
+    one = torch.load(tmp_path / "one" / "ckpt" / "model_step_20.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "ckpt" / "model_step_20.pt", weights_only=True)
+    assert one.keys() == two.keys()
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    start = torch.load(corpus["checkpoint"], weights_only=True)
+    assert not torch.equal(one["roberta.pooler.dense.weight"], start["roberta.pooler.dense.weight"])

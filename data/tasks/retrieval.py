@@ -259,8 +259,12 @@ class RetrievalTask:
     def train_batches(self, start_batch: int = 0) -> Iterator[dict]:
         """Infinite, deterministic batches on the task's device, skipping the first ``start_batch``."""
         opts = self.options
+        # A DataLoader iterator draws its worker base seed from the GLOBAL torch RNG unless given its own
+        # generator; that draw would shift the dropout masks of a resumed run (the iterator is created
+        # after the trainer restored the RNG), so the loader gets a private generator.
         loader = DataLoader(self.dataset, batch_sampler=_PoolBatches(self.sampler, start_batch, self.settings),
-                            collate_fn=rank_collate, num_workers=opts.num_workers, pin_memory=opts.pin_memory)
+                            collate_fn=rank_collate, num_workers=opts.num_workers, pin_memory=opts.pin_memory,
+                            generator=torch.Generator().manual_seed(self.sampler.seed))
         for batch in loader:
             yield move_to(batch, opts.device)
 

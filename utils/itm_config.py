@@ -2,33 +2,16 @@
 
 Language settings are data only: ``train_datasets`` lists (txt_db, img_db) pairs (English only, one
 language, or all of them; they are merged and drawn in proportion to their sizes). Paths may hold
-``${VAR}`` placeholders (e.g. ``${UC2_DEMO_DIR}`` set by ``scripts/run_demo.py``); they are expanded
-when the config is loaded, and an unset variable is a ConfigError naming the key.
+``${VAR}`` placeholders (e.g. ``${UC2_DEMO_DIR}`` set by ``scripts/run_demo.py``), expanded by
+:func:`utils.config.load_config`.
 """
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
 from typing import Literal
 
 from utils.config import ConfigError, field
 from utils.run_config import Precision, TrainConfig
-
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def expand_path(value: str, key: str) -> str:
-    """``value`` with every ``${VAR}`` replaced from the environment; ConfigError names ``key`` when a
-    variable is unset. Empty values stay empty."""
-    def substitute(match: re.Match) -> str:
-        name = match.group(1)
-        if name not in os.environ:
-            raise ConfigError(f"{key}: environment variable {name} in {value!r} is not set")
-        return os.environ[name]
-
-    return _PLACEHOLDER.sub(substitute, value)
-
 
 @dataclass
 class RetrievalSetSpec:
@@ -42,8 +25,6 @@ class RetrievalSetSpec:
     coco_folds: int = field(0, help="evaluation: > 1 averages recall over this many image folds (COCO 1K: 5)")
 
     def __post_init__(self) -> None:
-        self.txt_db = expand_path(self.txt_db, f"{self.name}.txt_db")
-        self.img_db = expand_path(self.img_db, f"{self.name}.img_db")
         if self.coco_folds < 0 or self.coco_folds == 1:
             raise ConfigError(f"{self.name}.coco_folds: expected 0 (whole set) or >= 2 folds, got {self.coco_folds}")
 
@@ -87,8 +68,6 @@ class RetrievalConfig(TrainConfig):
         super().__post_init__()
         if not self.train_datasets:
             raise ConfigError("train_datasets: expected at least one training set")
-        for key in ("output_dir", "checkpoint", "model_config", "tokenizer", "results_dir"):
-            setattr(self, key, expand_path(getattr(self, key), key))
         if self.negative_size < 1:
             raise ConfigError(f"negative_size: expected >= 1, got {self.negative_size}")
         if self.hard_neg_every < 0 or (self.hard_neg_every and self.hard_neg_pool < self.negative_size):
@@ -120,5 +99,3 @@ class RetrievalEvalConfig:
     def __post_init__(self) -> None:
         if not self.test_datasets:
             raise ConfigError("test_datasets: expected at least one test set")
-        for key in ("output_dir", "checkpoint", "model_config"):
-            setattr(self, key, expand_path(getattr(self, key), key))

@@ -14,6 +14,8 @@ import dataclasses
 import difflib
 import json
 import logging
+import os
+import re
 import sys
 import types
 import typing
@@ -281,11 +283,39 @@ def _list_index(node: list, part: str, where: str) -> int:
     return int(part)
 
 
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env_vars(data: Any, source: str, path: str = "") -> Any:
+    """Replace ``${NAME}`` in every string of a loaded config by the environment variable NAME.
+
+    This is how shipped configs name machine-specific roots (``${UC2_DEMO_DIR}/txt_db/...``) without
+    paths relative to the working directory; an unset variable is an error naming the key.
+    """
+    if isinstance(data, dict):
+        return {k: expand_env_vars(v, source, _join(path, k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_env_vars(v, source, _join(path, i)) for i, v in enumerate(data)]
+    if isinstance(data, str):
+        def lookup(match: re.Match) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"{source}: key '{path}' uses ${{{name}}} but the environment variable "
+                                  f"{name} is not set")
+            return os.environ[name]
+        return _VAR.sub(lookup, data)
+    return data
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, str] | None = None) -> T:
-    """Load ``cls`` from a JSON file (or its defaults when ``path`` is None) plus dotted overrides."""
+    """Load ``cls`` from a JSON file (or its defaults when ``path`` is None) plus dotted overrides.
+
+    ``${NAME}`` in string values is replaced by the environment variable NAME (see :func:`expand_env_vars`).
+    """
     data = load_json(path) if path is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object at the top level")
+    data = expand_env_vars(data, str(path))
     apply_overrides(data, overrides or {}, cls)
     try:
         return from_dict(cls, data)

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""UC2 pretraining: MLM, ITM, MRTM and VTLM (plus the MRC/MRFR ablations) mixed by ``mix_ratio``.
+
+    python pretrain.py --config config/uc2_pretrain.json [--key value ...]
+    torchrun --nproc_per_node 8 pretrain.py --config config/uc2_pretrain.json
+    horovodrun -np 8 python pretrain.py --config config/uc2_pretrain.json
+
+The run directory (``output_dir``) receives hps.json, model.json, log.txt, tb/ and ckpt/; the final
+weights are also written as ``model_final.pt`` with the original UC2 key names.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from data.img_db import ImgDb
+    from data.tasks.build import build_pretrain_tasks
+    from data.tokenizer import load_tokenizer
+    from model.model import UC2ForPretraining
+    from model.weights import save_uc2_checkpoint
+    from utils import distributed as du
+    from utils.config import ConfigError, parse_args_and_config
+    from utils.run_config import PretrainConfig
+    from utils.setup import init_weights, pick_device, resolve_model_config, start_run
+    from utils.trainer import Trainer
+
+    cfg = parse_args_and_config(PretrainConfig, argv)
+    if not cfg.train_datasets:
+        raise ConfigError("train_datasets: expected at least one training source")
+    info = start_run(cfg)
+    device = pick_device()
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.xlmr_dir)
+    first_img = ImgDb(cfg.train_datasets[0].img[0], cfg.conf_th, cfg.max_bb, cfg.min_bb, cfg.num_bb)
+    model_config = resolve_model_config(cfg, first_img.feat_dim, first_img.label_dim, cfg.xlmr_dir)
+    if model_config.vocab_size != tokenizer.vocab_size:
+        raise ConfigError(f"model vocab_size {model_config.vocab_size} != tokenizer {tokenizer.path} "
+                          f"vocabulary {tokenizer.vocab_size}")
+    model = UC2ForPretraining(model_config)
+    ea = cfg.early_adaptation
+    if ea is not None and ea.num_train_steps > 0 and not ea.init_from:
+        raise ConfigError("early_adaptation: train it with scripts/early_adaptation.py, then set "
+                          "early_adaptation.init_from to its output")
+    init_weights(model, cfg, cfg.xlmr_dir, partial=(ea.init_from,) if ea is not None and ea.init_from else ())
+    tasks = build_pretrain_tasks(cfg, tokenizer, info.rank, info.world_size, device)
+    trainer = Trainer(model, tasks, cfg, device=device, model_config=model_config.to_dict())
+    trainer.train()
+    final = Path(cfg.output_dir) / "model_final.pt"
+    if du.is_main():
+        save_uc2_checkpoint(trainer.model, final)
+    du.barrier()
+    return final
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:  # ConfigError / DataError carry the file and key
+        sys.exit(f"error: {err}")

@@ -227,6 +227,9 @@ def cmd_summary(out, variants, seeds, settings, pretrain_steps, finetune_steps):
     for stage, name in stages:
         data = {v: collect(out, v, seeds, stage) for v in variants}
         blob["tables"][name] = data
+        if not any(d["mean"] for d in data.values()):
+            parts.append(f"### {name}\n\nNo results yet (expected runs/VARIANT/seedS/{stage}).\n")
+            continue
         if len(t3) > 1:
             parts.append(table(data, t3, f"Paper table 3 in miniature: objectives, {name}"))
         if len(t5) > 1:

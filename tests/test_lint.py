@@ -5,8 +5,10 @@ is missing. Each linter is also shown a known-bad file, so a broken invocation c
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -107,3 +109,85 @@ def test_linters_reject_known_bad_files(tmp_path):
     (tmp_path / "bad.sh").write_text("#!/usr/bin/env bash\nrm -rf $1/tmp\n")
     bad_sh = _run([shellcheck, "-x", "--format=gcc", "bad.sh"], tmp_path)
     assert bad_sh.returncode != 0 and "SC2086" in bad_sh.stdout  # unquoted expansion
+
+
+# ----------------------------------------------------------------------------------------------------------
+# scripts/reproduce_ablations.sh cannot run end to end before pretrain.py lands; its command generation
+# (--dry-run) and its table step (--summary-only) are checked here.
+# ----------------------------------------------------------------------------------------------------------
+def _pretrain_config(path: Path) -> Path:
+    img = ["${UC2_DEMO_DIR}/data/img_db/demo_imgs"]
+    caption = {"name": "demo_en", "db": ["cap_en.db"], "img": img, "tasks": ["itm", "mlm", "mrtm"],
+               "mix_ratio": [9, 12, 9]}
+    paired = {"name": "demo_en_de", "db": ["paired_en-de.db"], "img": img, "tasks": ["vtlm"], "mix_ratio": [3]}
+    val = [dict(caption, mix_ratio=[]), dict(paired, mix_ratio=[])]
+    path.write_text(json.dumps({"output_dir": "x", "train_datasets": [caption, paired], "val_datasets": val}))
+    return path
+
+
+def _ablations(repo_root: Path, tmp_path: Path, *args: str, config: Path | None = None):
+    env = dict(os.environ, UC2_DEMO_DIR=str(tmp_path / "demo"), PYTHON=sys.executable,
+               PRETRAIN_CONFIG=str(config or tmp_path / "none.json"))
+    return subprocess.run(["bash", str(repo_root / "scripts" / "reproduce_ablations.sh"), "--out",
+                           str(tmp_path / "abl"), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_ablation_dry_run_builds_each_variant_from_the_base_config(repo_root, tmp_path):
+    config = _pretrain_config(tmp_path / "pretrain.json")
+    result = _ablations(repo_root, tmp_path, "--dry-run", "--seeds", "7", "--pretrain-steps", "50", config=config)
+    assert result.returncode == 0, result.stderr
+    tasks = {}
+    for line in result.stdout.splitlines():
+        argv = shlex.split(line)
+        if argv[1].endswith("pretrain.py"):
+            opts = dict(zip(argv[2::2], argv[3::2]))
+            assert opts["--seed"] == "7" and opts["--num_train_steps"] == "50" and opts["--config"] == str(config)
+            variant = Path(opts["--output_dir"]).parts[-3]
+            tasks[variant] = [(d["name"], d["tasks"], d["mix_ratio"]) for d in json.loads(opts["--train_datasets"])]
+            assert [d["tasks"] for d in json.loads(opts["--val_datasets"])] == [t for _, t, _ in tasks[variant]]
+        elif argv[1].endswith("inf_itm.py"):
+            assert "--head" in argv and argv[argv.index("--head") + 1] == "itm"
+            assert len(json.loads(argv[argv.index("--test_datasets") + 1])) == 6  # en de fr cs ja zh
+    full = [("demo_en", ["itm", "mlm", "mrtm"], [9, 12, 9]), ("demo_en_de", ["vtlm"], [3])]
+    assert tasks == {
+        "full": full,
+        "no_vtlm": full[:1],
+        "no_mrtm": [("demo_en", ["itm", "mlm"], [9, 12]), full[1]],
+        "no_vtlm_mrtm": [("demo_en", ["itm", "mlm"], [9, 12])],
+        "mrc": [("demo_en", ["itm", "mlm", "mrc"], [9, 12, 9]), full[1]],
+    }
+
+
+def test_ablation_variant_that_changes_nothing_is_refused(repo_root, tmp_path):
+    config = _pretrain_config(tmp_path / "pretrain.json")
+    data = json.loads(config.read_text())
+    data["train_datasets"] = data["train_datasets"][:1]  # no VTLM source at all
+    config.write_text(json.dumps(data))
+    result = _ablations(repo_root, tmp_path, "--dry-run", "--seeds", "1", "--variants", "no_vtlm", config=config)
+    assert result.returncode != 0
+    assert "pretrain.json: train_datasets: variant no_vtlm changes no task" in result.stderr
+    bad = _ablations(repo_root, tmp_path, "--variants", "full nope", config=config)
+    assert bad.returncode == 2 and "unknown variant 'nope'" in bad.stderr
+
+
+def test_ablation_summary_table_means_and_spreads(repo_root, tmp_path):
+    from utils.results_table import write_tables
+
+    langs = ["en", "de"]
+    for variant, seed, ars in [("full", 1, [60.0, 50.0]), ("full", 2, [62.0, 52.0]),
+                               ("no_vtlm", 1, [50.0, 40.0]), ("no_vtlm", 2, [50.0, 42.0])]:
+        rows = [("All-language fine-tune", "demo", lang, {"r_mean": ar}) for lang, ar in zip(langs, ars)]
+        write_tables(tmp_path / "abl" / "runs" / variant / f"seed{seed}" / "itm_all_lang" / "results", rows,
+                     include_paper=False, demo_dataset="demo")
+    result = _ablations(repo_root, tmp_path, "--summary-only", "--seeds", "1 2", "--variants", "full no_vtlm")
+    assert result.returncode == 0, result.stderr
+    md = (tmp_path / "abl" / "ablations.md").read_text()
+    # full: en 61 ± 1.4, de 51 ± 1.4, per-seed means 55 and 57 -> 56 ± 1.4
+    assert "| UC2 (MLM+ITM+MRTM+VTLM) | 61.0 ± 1.4 | 51.0 ± 1.4 | 56.0 ± 1.4 | - | 2 |" in md
+    # -VTLM: means 45 and 46 -> 45.5 ± 0.7; delta -10.5, 2 SE = 2 * sqrt(0.5/2 + 2/2) = 2.2
+    assert "| −VTLM | 50.0 ± 0.0 | 41.0 ± 1.4 | 45.5 ± 0.7 | -10.5 ± 2.2 | 2 |" in md
+    blob = json.loads((tmp_path / "abl" / "ablations.json").read_text())
+    assert blob["tables"]["fine-tuned (all-lang)"]["no_vtlm"]["mean"] == [45.0, 46.0]
+    # No zero-shot runs were made: that section says so instead of showing an empty table.
+    assert "### zero-shot, ITM head\n\nNo results yet (expected runs/VARIANT/seedS/zeroshot/results.json)" in md

@@ -85,6 +85,17 @@ def test_shell_scripts_are_shellcheck_clean(repo_root):
     assert result.returncode == 0, f"shellcheck {' '.join(scripts)}:\n{result.stdout}{result.stderr}"
 
 
+def test_lint_container_script_agrees(repo_root, tmp_path):
+    """scripts/lint_container.sh (the same checks by hand) finds the same scripts and reports clean."""
+    for tool in ("hadolint", "shellcheck"):
+        _linter(tool)  # skips when missing
+    result = _run(["bash", str(repo_root / "scripts" / "lint_container.sh")], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    listed = result.stdout.split("shellcheck ", 1)[1].splitlines()[0].split()
+    assert sorted(listed) == sorted(str(p.relative_to(repo_root)) for p in shell_scripts(repo_root))
+    assert result.stdout.rstrip().endswith("clean")
+
+
 def test_dockerfile_copies_files_that_exist(repo_root):
     """A COPY of a missing file would only fail at `docker build`, which cannot run on these machines."""
     text = (repo_root / "Dockerfile").read_text(encoding="utf-8")

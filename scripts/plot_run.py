@@ -83,13 +83,14 @@ def iter_event_records(path: Path):
 def read_event_file(path: Path, series: Series, stamps: dict[tuple[str, int], float]) -> None:
     """Add the scalar values of one event file to ``series``; a step seen before is replaced only by a
     value written later (``stamps`` holds the wall time of the value kept per (tag, step))."""
+    from google.protobuf.message import DecodeError
     from tensorboardX.proto.event_pb2 import Event
 
     for payload in iter_event_records(path):
         event = Event()
         try:
             event.ParseFromString(payload)
-        except Exception as exc:  # protobuf's DecodeError has no stable import path across versions
+        except DecodeError as exc:
             raise DataError(f"{path}: a record is not a TensorBoard Event protobuf ({exc})") from exc
         if not event.HasField("summary"):
             continue
@@ -234,26 +235,62 @@ def _save(fig, path: Path) -> Path:
 
 
 def _plot_lines(ax, series: Series, tags: Sequence[str], strip: str) -> None:
-    """One line per tag (label without the ``strip`` prefix), steps on x."""
-    cmap = _pyplot().get_cmap("tab20" if len(tags) > 10 else "tab10")
+    """One line per tag (label without the ``strip`` prefix), steps on x; past 10 lines the colours
+    repeat with another dash pattern, so every line stays distinguishable."""
+    cmap = _pyplot().get_cmap("tab10")
     for i, tag in enumerate(tags):
         steps = sorted(series[tag])
-        ax.plot(steps, [series[tag][s] for s in steps], label=tag[len(strip):], color=cmap(i % cmap.N),
-                marker="o" if len(steps) < 30 else None, markersize=3, linewidth=1.2)
+        ax.plot(steps, [series[tag][s] for s in steps], label=tag[len(strip):], color=cmap(i % 10),
+                linestyle=("-", "--", ":", "-.")[(i // 10) % 4], marker="o" if len(steps) < 30 else None,
+                markersize=3, linewidth=1.2)
     ax.set_xlabel("step")
     ax.grid(True, alpha=0.3)
 
 
-def plot_losses(series: Series, out: Path) -> Path | None:
-    """``loss.png``: training loss per task over steps (None when the run logged no loss)."""
+def _panels(groups: Mapping[str, Sequence[str]], width: float = 5.5, height: float = 3.8):
+    """A figure with one axes per group (up to 3 per row); unused axes hidden. Returns (fig, axes list)."""
+    ncols = min(3, len(groups))
+    nrows = math.ceil(len(groups) / ncols)
+    fig, axes = _pyplot().subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)[:len(groups)]
+
+
+def loss_groups(series: Series, max_single: int = 8) -> dict[str, list[str]]:
+    """The ``loss/`` tags by panel: all in ``"all tasks"`` up to ``max_single`` tags, else by objective
+    (the task name up to its first ``_``: ``loss/mlm_coco_en`` -> ``mlm``)."""
     tags = sorted(t for t in series if t.startswith("loss/"))
-    if not tags:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for tag in tags:
+        groups[tag[len("loss/"):].split("_", 1)[0] if len(tags) > max_single else "all tasks"].append(tag)
+    return dict(groups)
+
+
+def plot_losses(series: Series, out: Path) -> Path | None:
+    """``loss.png``: training loss per task over steps (None when the run logged no loss).
+
+    Up to 8 tasks share one panel; more (a pretraining mix such as MLM/ITM/MRTM on six caption sets and
+    VTLM on five pairs) get one panel per objective, the task name's first ``_`` part (``mlm_coco_en``).
+    """
+    groups = loss_groups(series)
+    if not groups:
         return None
-    fig, ax = _pyplot().subplots(figsize=(9, 5))
-    _plot_lines(ax, series, tags, "loss/")
-    ax.set_ylabel("loss (window mean)")
-    ax.set_title("Training loss per task")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    if len(groups) == 1:
+        fig, axes = _pyplot().subplots(figsize=(9, 5))
+        axes = [axes]
+    else:
+        fig, axes = _panels(groups)
+    for ax, (objective, group_tags) in zip(axes, groups.items()):
+        _plot_lines(ax, series, group_tags, "loss/")
+        ax.set_ylabel("loss (window mean)")
+        if len(groups) > 1:
+            ax.set_title(objective, fontsize=10)
+            ax.legend(fontsize=7, frameon=False)
+        else:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.suptitle("Training loss per task")
+    fig.tight_layout()
     return _save(fig, out / "loss.png")
 
 
@@ -265,15 +302,11 @@ def plot_validation(series: Series, out: Path) -> Path | None:
         by_task[task].append(tag)
     if not by_task:
         return None
-    ncols = min(3, len(by_task))
-    nrows = math.ceil(len(by_task) / ncols)
-    fig, axes = _pyplot().subplots(nrows, ncols, figsize=(5.5 * ncols, 3.8 * nrows), squeeze=False)
-    for ax, (task, tags) in zip(axes.flat, by_task.items()):
+    fig, axes = _panels(by_task)
+    for ax, (task, tags) in zip(axes, by_task.items()):
         _plot_lines(ax, series, tags, f"val/{task}/")
         ax.set_title(task, fontsize=10)
         ax.legend(fontsize=7, frameon=False)
-    for ax in list(axes.flat)[len(by_task):]:
-        ax.set_visible(False)
     fig.suptitle("Validation metrics")
     fig.tight_layout()
     return _save(fig, out / "validation.png")

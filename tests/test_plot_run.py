@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("matplotlib", reason="matplotlib is needed for plot_run (pip install -r requirements.txt)")
 
 from data.errors import DataError  # noqa: E402
-from scripts.plot_run import (ar_table, iter_event_records, plot_run, read_log_text,  # noqa: E402
-                              read_tensorboard)
+from scripts.plot_run import (ar_table, iter_event_records, loss_groups, plot_losses,  # noqa: E402
+                              plot_run, read_log_text, read_tensorboard)
 from utils.logger import RunLogger  # noqa: E402
 from utils.results_table import write_tables  # noqa: E402
 
@@ -191,3 +191,17 @@ def test_command_line_from_another_directory(tmp_path, repo_root):
     bad = subprocess.run([sys.executable, script, str(tmp_path / "missing")], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "error: run directory" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_many_tasks_get_one_loss_panel_per_objective(tmp_path):
+    few = {f"loss/{t}": {1: 1.0} for t in TASKS} | {"lr": {1: 1e-4}}
+    assert loss_groups(few) == {"all tasks": sorted(f"loss/{t}" for t in TASKS)}
+    # The released mix: MLM/ITM/MRTM on six caption sets, VTLM on five English-X pairs.
+    names = [f"{o}_coco_{lang}" for o in ("mlm", "itm", "mrtm") for lang in ("en", "de", "fr", "cs", "ja", "zh")]
+    names += [f"vtlm_en_{x}" for x in ("de", "fr", "cs", "ja", "zh")]
+    groups = loss_groups({f"loss/{n}": {1: 1.0} for n in names})
+    assert sorted(groups) == ["itm", "mlm", "mrtm", "vtlm"]
+    assert len(groups["vtlm"]) == 5 and groups["mlm"][0] == "loss/mlm_coco_cs"
+    series = {f"loss/{n}": {s: 1.0 / s for s in (10, 20, 30)} for n in names}
+    pixels = _assert_png(plot_losses(series, tmp_path))
+    assert pixels.shape[1] > pixels.shape[0]  # a grid of panels, wider than tall

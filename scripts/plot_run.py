@@ -295,18 +295,23 @@ def plot_losses(series: Series, out: Path) -> Path | None:
 
 
 def plot_validation(series: Series, out: Path) -> Path | None:
-    """``validation.png``: one panel per task with its ``val/<task>/<metric>`` lines (None when none)."""
+    """``validation.png``: one panel per task with its ``val/<task>/<metric>`` lines (None when none).
+
+    Set sizes logged beside the metrics (``n_img``, ``n_txt``: names starting ``n_``) are left out: they
+    are constant and would squash the metrics' scale.
+    """
     by_task: dict[str, list[str]] = defaultdict(list)
     for tag in sorted(t for t in series if t.startswith("val/")):
-        task = tag[len("val/"):].split("/", 1)[0]
-        by_task[task].append(tag)
+        task, _, metric = tag[len("val/"):].partition("/")
+        if not metric.startswith("n_"):
+            by_task[task].append(tag)
     if not by_task:
         return None
     fig, axes = _panels(by_task)
     for ax, (task, tags) in zip(axes, by_task.items()):
         _plot_lines(ax, series, tags, f"val/{task}/")
         ax.set_title(task, fontsize=10)
-        ax.legend(fontsize=7, frameon=False)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     fig.suptitle("Validation metrics")
     fig.tight_layout()
     return _save(fig, out / "validation.png")

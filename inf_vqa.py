@@ -39,7 +39,7 @@ from utils.checkpoint import CheckpointManager, atomic_write_json
 from utils.config import ConfigError, load_config
 from utils.misc import autocast
 from utils.results_table import vqa_markdown
-from utils.trainer import default_device
+from utils.setup import pick_device
 from utils.vqa_config import VQAConfig
 from utils.vqa_metrics import accuracy, bleu_char, majority_baseline, vqa_score
 
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         if not img_db:
             raise ConfigError("--img_db: required when the run directory does not name one")
         source = open_vqa_source([args.txt_db], [img_db], label2ans, cfg, None)
-        device = default_device()
+        device = pick_device()
         model = load_model(args, len(label2ans), device)
         data = TaskDataset(source, VqaObjective(label2ans=label2ans))
         rows = gather_predictions(model, data, args, cfg.seed, args.precision or cfg.precision, device)
@@ -220,4 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as err:  # ConfigError / DataError name the file and key
+        sys.exit(f"error: {err}")

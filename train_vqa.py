@@ -13,8 +13,8 @@ baseline ``inf_vqa.py`` prints). Validation (``val_txt_db``) reports ``vqa/vqa_s
 """
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,11 +24,11 @@ import torch
 from data.tasks.vqa import build_vqa_task, load_label2ans
 from model.config import UC2ModelConfig
 from model.model import UC2ForVQA
-from model.weights import load_uc2_checkpoint
 from utils import distributed as du
 from utils.checkpoint import atomic_write_json
 from utils.config import ConfigError, parse_args_and_config
-from utils.trainer import Trainer, default_device
+from utils.setup import init_weights, pick_device, resolve_model_config, start_run
+from utils.trainer import Trainer
 from utils.vqa_config import VQA_TASK_NAME, VQAConfig
 from utils.vqa_metrics import most_common_answer
 
@@ -67,28 +67,26 @@ def store_majority(output_dir: str | Path, task) -> None:
                        "n_questions": len(answers)}, path)
 
 
-def build_model(cfg: VQAConfig, num_answers: int, feat_dim: int) -> tuple[UC2ForVQA, UC2ModelConfig]:
-    """UC2ForVQA with the run's dropout, initialised from ``cfg.checkpoint`` when given."""
-    config = UC2ModelConfig.from_json(cfg.model_config) if cfg.model_config else UC2ModelConfig.xlmr_base()
-    config = dataclasses.replace(config, hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
-    if config.img_dim != feat_dim:
-        raise ConfigError(f"model_config: img_dim is {config.img_dim} but the img_db features are {feat_dim}-d")
+def build_model(cfg: VQAConfig, num_answers: int, img_db) -> tuple[UC2ForVQA, UC2ModelConfig]:
+    """UC2ForVQA shaped by ``model_config`` and the image features, with the run's dropout, initialised
+    from ``cfg.checkpoint`` (pretraining or released UC2 weights; ``vqa_output`` starts fresh) when given."""
+    config = resolve_model_config(cfg, img_db.feat_dim, img_db.label_dim)
     torch.manual_seed(cfg.seed)  # the fresh answer head starts the same on every rank and run
     model = UC2ForVQA(config, num_answers)
-    if cfg.checkpoint:
-        load_uc2_checkpoint(model, cfg.checkpoint)
+    init_weights(model, cfg)
     return model, config
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Train; returns the last validation metrics (``vqa/vqa_score``, ``vqa/accuracy``, ...)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = parse_args_and_config(VQAConfig, argv)
-    du.init_distributed(timeout_s=cfg.dist_timeout_s)
+    info = start_run(cfg)
     try:
-        device = default_device()
+        device = pick_device()
         label2ans = answer_vocab(cfg)
-        task = build_vqa_task(cfg, label2ans, du.get_rank(), du.get_world_size(), device)
-        model, model_config = build_model(cfg, len(label2ans), task.train_data.source.parts[0][1].feat_dim)
+        task = build_vqa_task(cfg, label2ans, info.rank, info.world_size, device)
+        model, model_config = build_model(cfg, len(label2ans), task.train_data.source.parts[0][1])
         if du.is_main():
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
             store_vocab(cfg.output_dir, label2ans)
@@ -103,4 +101,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except ValueError as err:  # ConfigError / DataError name the file and key
+        sys.exit(f"error: {err}")

@@ -6,20 +6,18 @@ Key names follow the original UNITER VQA config where one exists (``train_txt_db
 fine-tuning ones (UC2 paper section 4 / UNITER's VQA config): lr 5e-5 with the answer head at 10x,
 600 warm-up of 6000 steps, gradient clipping at 2.0.
 
-Paths may hold ``${VAR}`` placeholders (e.g. ``${UC2_DEMO_DIR}``, set by ``scripts/run_demo.py``), expanded
-when the config is loaded as in :mod:`utils.itm_config`; an unset variable is a ConfigError naming the key.
+Paths in config files may hold ``${VAR}`` placeholders (e.g. ``${UC2_DEMO_DIR}``, set by
+``scripts/run_demo.py``); :func:`utils.config.load_config` expands them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from utils.config import ConfigError, field
-from utils.itm_config import expand_path
 from utils.run_config import TrainConfig
 
 #: Name of the one VQA task in the trainer, and prefix of its validation metrics (``vqa/vqa_score``).
 VQA_TASK_NAME = "vqa"
-_PATH_KEYS = ("output_dir", "checkpoint", "model_config", "tokenizer", "val_txt_db", "val_img_db", "ans2label")
 
 
 @dataclass
@@ -49,10 +47,6 @@ class VQAConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in _PATH_KEYS:
-            setattr(self, key, expand_path(getattr(self, key), key))
-        for key in ("train_txt_dbs", "train_img_dbs"):
-            setattr(self, key, [expand_path(v, f"{key}[{i}]") for i, v in enumerate(getattr(self, key))])
         if not self.train_txt_dbs:
             raise ConfigError("train_txt_dbs: expected at least one VQA txt_db directory, got none")
         if len(self.train_img_dbs) not in (1, len(self.train_txt_dbs)):

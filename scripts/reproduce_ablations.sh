@@ -11,7 +11,9 @@
 # Usage: scripts/reproduce_ablations.sh [--out DIR] [--seeds "1 2 3"] [--variants "full no_vtlm ..."]
 #            [--settings "all_lang en_only"] [--pretrain-steps N] [--finetune-steps N] [--dry-run] [--summary-only]
 # Environment: PYTHON (default .venv/bin/python), UC2_DEMO_DIR (demo corpus root, default demo_run/),
-#   PRETRAIN_CONFIG (default config/pretrain_demo.json), MRC_TASK (mrc or mrc-kl, default mrc).
+#   PRETRAIN_CONFIG (default config/demo_pretrain.json), MRC_TASK (mrc or mrc-kl, default mrc).
+# Needs the demo's corpus, XLM-R stand-in and Early Adaptation weights under UC2_DEMO_DIR: when one is
+# missing, scripts/run_demo.py (the README's first command) is run once first.
 # Stages whose output exists are skipped, so an interrupted run can simply be started again.
 # --summary-only rebuilds the tables from OUT/runs (pass the same step counts: they label the tables).
 set -euo pipefail
@@ -21,7 +23,7 @@ PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=$(command -v python3)
 export UC2_DEMO_DIR=${UC2_DEMO_DIR:-$REPO/demo_run}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-PRETRAIN_CONFIG=${PRETRAIN_CONFIG:-$REPO/config/pretrain_demo.json}
+PRETRAIN_CONFIG=${PRETRAIN_CONFIG:-$REPO/config/demo_pretrain.json}
 MRC_TASK=${MRC_TASK:-mrc}
 
 OUT=$REPO/results/ablations
@@ -254,17 +256,24 @@ COMMANDS[sys.argv[1]](*sys.argv[2:])
 PY
 }
 
-prepare_corpus() {
-    [ -f "$UC2_DEMO_DIR/data/stats.json" ] && return 0
-    run "build demo corpus" "$PYTHON" "$REPO/scripts/make_demo_data.py" --out "$UC2_DEMO_DIR/data" --quiet
+# The inputs config/demo_pretrain.json names besides the run itself, as scripts/run_demo.py makes them.
+prepare_demo() {
+    local marker
+    for marker in data/stats.json xlmr/config.json early_adaptation.pt; do
+        if [ ! -e "$UC2_DEMO_DIR/$marker" ]; then
+            run "demo (prepares the inputs; $marker missing)" "$PYTHON" "$REPO/scripts/run_demo.py" \
+                --demo_dir "$UC2_DEMO_DIR"
+            return 0
+        fi
+    done
 }
 
 # One variant and seed: pretrain, zero-shot evaluation, fine-tuning + test evaluation per setting.
 run_one() {
     local variant=$1 seed=$2
     local dir="$OUT/runs/$variant/seed$seed"
-    local pre="$dir/pretrain" ckpt
-    ckpt="$pre/ckpt/model_step_${PRETRAIN_STEPS}.pt"
+    local pre="$dir/pretrain"
+    local ckpt="$pre/model_final.pt"  # written by pretrain.py at the end, UC2 key names
     local -a task_args test_args
     local lines
     lines=$(helper tasks "$variant" "$PRETRAIN_CONFIG" "$MRC_TASK")  # one argument per line
@@ -272,7 +281,8 @@ run_one() {
     if [ ! -f "$ckpt" ]; then
         run "$variant seed $seed: pretrain" "$PYTHON" "$REPO/pretrain.py" --config "$PRETRAIN_CONFIG" \
             --output_dir "$pre" --seed "$seed" --num_train_steps "$PRETRAIN_STEPS" \
-            --warmup_steps "$((PRETRAIN_STEPS / 10))" --save_steps "$PRETRAIN_STEPS" "${task_args[@]}"
+            --warmup_steps "$((PRETRAIN_STEPS / 10))" --save_steps "$PRETRAIN_STEPS" --valid_steps 0 \
+            "${task_args[@]}"
     fi
     lines=$(helper testsets "$REPO/config/itm_demo_all_lang.json")
     mapfile -t test_args <<< "$lines"
@@ -298,7 +308,7 @@ main() {
         [ -f "$PRETRAIN_CONFIG" ] || die "pretraining config $PRETRAIN_CONFIG not found (set PRETRAIN_CONFIG)"
         [ -f "$REPO/pretrain.py" ] || [ "$DRY_RUN" -eq 1 ] \
             || die "$REPO/pretrain.py not found: the pretraining entry point is needed"
-        prepare_corpus
+        prepare_demo
         local variant seed
         for variant in $VARIANTS; do
             for seed in $SEEDS; do

@@ -153,3 +153,39 @@ def test_shipped_configs_load(repo_root, name, monkeypatch):
     cfg = load_config(VQAConfig, repo_root / "config" / f"{name}.json")
     assert cfg.lr_mul == 10.0 and cfg.val_txt_db
     assert all(p.startswith("/demo/" if "demo" in name else "/txt/") for p in cfg.train_txt_dbs)
+
+
+def test_task_reads_prepro_built_txt_db(tmp_path):
+    """The contract with data/prepro.py: a db built by build_vqa_db trains with soft targets, and a
+    question whose answers are all outside the training vocabulary gets an all-zero target row."""
+    import numpy as np
+
+    from data.img_db import ImgDbWriter
+    from data.prepro import build_vqa_db
+    from data.tasks.vqa import build_vqa_task, load_label2ans
+    from tests.helpers import make_tiny_tokenizer, write_jsonl
+    from tests.test_train_vqa import _image_arrays
+
+    rng = np.random.default_rng(0)
+    with ImgDbWriter(tmp_path / "img", min_bb=1) as writer:
+        for i in range(3):
+            writer.add(f"im{i}.npz", _image_arrays(i, rng))
+    rows = [{"question_id": str(i), "img_fname": f"im{i % 3}.npz", "lang": "en", "question": "a red car",
+             "answers": ["red"] * 3 + ["blue"]} for i in range(5)]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "val.jsonl", [{**rows[0], "answers": ["green"] * 10}])
+    tok = make_tiny_tokenizer(tmp_path)
+    build_vqa_db(tmp_path / "train.jsonl", tmp_path / "train.db", tok, img_db=tmp_path / "img", progress=False)
+    build_vqa_db(tmp_path / "val.jsonl", tmp_path / "val.db", tok, ans2label=tmp_path / "train.db" / "ans2label.json",
+                 img_db=tmp_path / "img", progress=False)
+    label2ans = load_label2ans(tmp_path / "train.db" / "ans2label.json")
+    assert label2ans == ["red", "blue"]
+    cfg = VQAConfig(output_dir=str(tmp_path / "out"), train_txt_dbs=[str(tmp_path / "train.db")],
+                    train_img_dbs=[str(tmp_path / "img")], val_txt_db=str(tmp_path / "val.db"), min_bb=1,
+                    n_workers=0, train_batch_size=1000)
+    task = build_vqa_task(cfg, label2ans)
+    batch = next(iter(task.train_batches(0)))
+    assert batch["input_ids"][0, 0].item() == 0 and torch.allclose(
+        batch["targets"], torch.tensor([[0.9, 0.3]]).expand(5, 2))
+    val = task.val_data.objective.collate([task.val_data[(0, 0)]])
+    assert val["targets"].tolist() == [[0.0, 0.0]] and val["answers"] == [["green"] * 10]

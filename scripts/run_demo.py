@@ -47,10 +47,26 @@ def _py(*args: str) -> list[str]:
 
 
 def stages() -> list[Stage]:
+    """The demo pipeline, in order. Each command is what a user would type for real data."""
+    langs = ["en", "de", "fr", "cs", "ja", "zh"]
     return [
         Stage("build demo corpus",
               lambda p: _py(str(REPO_ROOT / "scripts" / "make_demo_data.py"), "--out", str(p.data), "--force"),
               lambda p: p.data / "stats.json"),
+        Stage("text-only XLM-R stand-in",
+              lambda p: _py(str(REPO_ROOT / "scripts" / "make_tiny_xlmr.py"), "--tokenizer", str(p.data / "tokenizer"),
+                            "--text", str(p.data / "raw" / "captions_train.jsonl"), "--out", str(p.demo_dir / "xlmr"),
+                            "--steps", "150", "--batch", "32"),
+              lambda p: p.demo_dir / "xlmr" / "config.json"),
+        Stage("early adaptation",
+              lambda p: _py(str(REPO_ROOT / "scripts" / "early_adaptation.py"), "--xlmr", str(p.demo_dir / "xlmr"),
+                            "--img_db", str(p.data / "img_db" / "demo_imgs"), "--label_dir", str(p.data / "raw" / "labels"),
+                            "--langs", *langs, "--out", str(p.demo_dir / "early_adaptation.pt"), "--steps", "150",
+                            "--regions_per_batch", "512", "--min_bb", "3"),
+              lambda p: p.demo_dir / "early_adaptation.pt"),
+        Stage("pretraining (MLM + ITM + MRTM + VTLM)",
+              lambda p: _py(str(REPO_ROOT / "pretrain.py"), "--config", str(REPO_ROOT / "config" / "demo_pretrain.json")),
+              lambda p: p.demo_dir / "pretrain" / "model_final.pt"),
     ]
 
 

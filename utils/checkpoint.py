@@ -171,12 +171,11 @@ def diff_configs(old: Any, new: Any, prefix: str = "", ignore: frozenset[str] = 
     return [] if old == new else [prefix or "<root>"]
 
 
-def prepare_run_dir(output_dir: str | Path, hps: Mapping[str, Any], model_config: Mapping[str, Any] | None = None,
-                    *, resuming: bool = False) -> Path:
-    """Create the run directory and write ``hps.json``, ``model.json`` and ``git_info.json``.
-
-    A directory that already holds a run is refused when its config differs (the differing keys are
+def check_run_dir(output_dir: str | Path, hps: Mapping[str, Any], *, resuming: bool = False) -> None:
+    """Refuse a directory that already holds a run when its config differs (the differing keys are
     named), or when ``resuming`` is False (so a new run never mixes with an old run's checkpoints).
+
+    Reads only: callers run it before anything (a log file, a TensorBoard file) is opened in the directory.
     """
     out = Path(output_dir)
     hps_path = out / "hps.json"
@@ -192,6 +191,15 @@ def prepare_run_dir(output_dir: str | Path, hps: Mapping[str, Any], model_config
         if not resuming:
             raise CheckpointError(f"{out} already holds this run; set resume to 'auto' to continue it, "
                                   f"or use a new output_dir")
+
+
+def prepare_run_dir(output_dir: str | Path, hps: Mapping[str, Any], model_config: Mapping[str, Any] | None = None,
+                    *, resuming: bool = False) -> Path:
+    """Create the run directory and write ``hps.json``, ``model.json`` and ``git_info.json``, after
+    :func:`check_run_dir` accepted it."""
+    out = Path(output_dir)
+    hps_path = out / "hps.json"
+    check_run_dir(out, hps, resuming=resuming)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(dict(hps), hps_path)
     if model_config is not None:

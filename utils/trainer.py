@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from optim.adamw import build_optimizer
 from optim.sched import build_scheduler
 from utils import distributed as du
-from utils.checkpoint import CheckpointError, CheckpointManager, prepare_run_dir
+from utils.checkpoint import CheckpointError, CheckpointManager, check_run_dir, prepare_run_dir
 from utils.config import ConfigError, to_dict
 from utils.logger import RunLogger
 from utils.misc import autocast, batch_size_of, make_grad_scaler, move_to_device, step_seed
@@ -91,6 +91,9 @@ class Trainer:
         self.scaler = make_grad_scaler(cfg.precision, self.device.type)
         self.ckpt = CheckpointManager(Path(cfg.output_dir) / "ckpt", cfg.keep_last)
         self._owns_logger = logger is None
+        if du.is_main():
+            # Before the logger opens log.txt and a TensorBoard file there: a refused directory stays untouched.
+            check_run_dir(cfg.output_dir, self._hps(), resuming=cfg.resume != "none")
         self.logger = logger or RunLogger(cfg.output_dir, enabled=du.is_main())
         self.model_config = model_config
         self.best_metric, self.best_mode = best_metric, best_mode
@@ -118,12 +121,12 @@ class Trainer:
     def train(self) -> dict[str, float]:
         """Train from the resume point to ``num_train_steps``; returns the last validation metrics."""
         cfg = self.cfg
-        self._setup_run()
-        bar = self.logger.progress(cfg.num_train_steps, self.step)
-        metrics: dict[str, float] = {}
-        last_saved = self.step if self.ckpt.latest() == self.step else None
-        self.model.train()
-        try:
+        try:  # from the start: a failed resume must close the logger too (it hooks the root logger)
+            self._setup_run()
+            bar = self.logger.progress(cfg.num_train_steps, self.step)
+            metrics: dict[str, float] = {}
+            last_saved = self.step if self.ckpt.latest() == self.step else None
+            self.model.train()
             while self.step < cfg.num_train_steps:
                 self._train_step()
                 bar.update(1)
@@ -286,11 +289,14 @@ class Trainer:
             self.logger.info(f"saved checkpoint of step {self.step} in {self.ckpt.dir}")
         du.barrier()
 
+    def _hps(self) -> dict[str, Any]:
+        """The run config as ``hps.json`` holds it."""
+        return to_dict(self.cfg) if dataclasses.is_dataclass(self.cfg) else dict(vars(self.cfg))
+
     def _setup_run(self) -> None:
         """Write/check the run directory, then resume or make all ranks start from rank 0's weights."""
         if du.is_main():
-            hps = to_dict(self.cfg) if dataclasses.is_dataclass(self.cfg) else dict(vars(self.cfg))
-            prepare_run_dir(self.cfg.output_dir, hps, self.model_config, resuming=self.cfg.resume != "none")
+            prepare_run_dir(self.cfg.output_dir, self._hps(), self.model_config, resuming=self.cfg.resume != "none")
         du.barrier()
         if not self._resume():
             du.broadcast_params(self.model)

@@ -65,6 +65,11 @@ class ExampleSource:
         self._images = [self._image_names(k) for k in range(len(self.parts))]
         self._image_pos = [{name: k for k, name in enumerate(names)} for names in self._images]
         self.lens = np.concatenate([self._part_lens(k) for k in range(len(self.parts))]).astype(np.int64)
+        if len(self) == 0:  # else the sampler fails later without naming the databases
+            dbs = ", ".join(str(getattr(txt, "db_dir", "txt_db")) for txt, _ in self.parts)
+            stored = sum(len(getattr(txt, "id2len", ())) for txt, _ in self.parts)
+            raise DataError(f"{dbs}: no example to use ({stored} stored; training skips examples longer "
+                            f"than max_txt_len)")
 
     def _image_names(self, k: int) -> list[str]:
         """Sorted distinct images of part ``k``'s kept examples; every example must have one."""

@@ -1,7 +1,7 @@
 """The retrieval scoring engine (utils/itm_eval.py) against a naive per-pair loop, across ranks, on disk."""
 from __future__ import annotations
 
-import os
+import json
 
 import numpy as np
 import pytest
@@ -177,3 +177,20 @@ def test_measure_scoring_on_a_synthetic_set():
     stats = itm_eval.measure_scoring(model, ds, ScoreSettings(txt_block=3, img_block=4))
     assert stats["pairs_per_s"] > 0 and stats["tflops"] == pytest.approx(
         24 * itm_eval.encoder_flops_per_pair(model.config, 5, 3) / stats["seconds"] / 1e12)
+
+
+def test_fold_file_sets_the_coco_folds(tmp_path):
+    ds = tiny_set(n_img=4, caps_per_img=1)
+    # Captions rank their own image first except caption 1, whose image is beaten by image 2 only.
+    scores = np.eye(4, dtype=np.float32)
+    scores[1, 2] = 2.0
+    path = tmp_path / "folds.json"
+    path.write_text(json.dumps({f: int(j in (1, 2)) for j, f in enumerate(ds.img_fnames)}))
+    folds = itm_eval.read_fold_file(path, ds)
+    assert folds.tolist() == [0, 1, 1, 0]
+    by_file = itm_eval.set_metrics(scores, ds, coco_folds=2, img_folds=folds)
+    by_block = itm_eval.set_metrics(scores, ds, coco_folds=2)       # folds {0, 1} and {2, 3}
+    assert by_file["txt_r1"] == 75.0 and by_block["txt_r1"] == 100.0
+    path.write_text(json.dumps({ds.img_fnames[0]: 0}))
+    with pytest.raises(DataError, match=r"folds\.json: no integer fold id for image 'img1.npz'"):
+        itm_eval.read_fold_file(path, ds)

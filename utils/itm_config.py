@@ -23,10 +23,14 @@ class RetrievalSetSpec:
     dataset: str = field("multi30k", help="table column group: 'multi30k' or 'mscoco' (or a demo name)")
     lang: str = field("en", help="caption language (table column)")
     coco_folds: int = field(0, help="evaluation: > 1 averages recall over this many image folds (COCO 1K: 5)")
+    fold_file: str = field("", help="JSON {img_fname: fold id} (e.g. the Karpathy 1K folds); empty: "
+                                    "consecutive blocks of the images in file-name order")
 
     def __post_init__(self) -> None:
         if self.coco_folds < 0 or self.coco_folds == 1:
             raise ConfigError(f"{self.name}.coco_folds: expected 0 (whole set) or >= 2 folds, got {self.coco_folds}")
+        if self.fold_file and not self.coco_folds:
+            raise ConfigError(f"{self.name}.fold_file: set coco_folds (the number of folds) as well")
 
 
 @dataclass

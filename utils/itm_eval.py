@@ -20,6 +20,7 @@ checkpoint, for zero-shot evaluation).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -410,11 +411,31 @@ def open_retrieval_set(spec, img_rule: dict[str, Any]) -> RetrievalSet:
     return load_retrieval_set(spec.name, TxtDb(spec.txt_db, max_txt_len=None), ImgDb(spec.img_db, **img_rule))
 
 
-def set_metrics(scores: np.ndarray, dataset: RetrievalSet, coco_folds: int = 0) -> dict[str, float]:
+def read_fold_file(path: str | Path, dataset: RetrievalSet) -> np.ndarray:
+    """(n_img,) fold id of every image of ``dataset`` from a JSON file ``{img_fname: fold id}``.
+
+    Raises:
+        DataError: naming the file, when it is not such an object or misses one of the images.
+    """
+    try:
+        folds = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the fold file ({exc})") from exc
+    if not isinstance(folds, dict):
+        raise DataError(f"{path}: expected a JSON object {{img_fname: fold id}}")
+    missing = [f for f in dataset.img_fnames if not isinstance(folds.get(f), int)]
+    if missing:
+        raise DataError(f"{path}: no integer fold id for image {missing[0]!r} ({len(missing)} images lack one)")
+    return np.array([folds[f] for f in dataset.img_fnames], dtype=np.int64)
+
+
+def set_metrics(scores: np.ndarray, dataset: RetrievalSet, coco_folds: int = 0,
+                img_folds: np.ndarray | None = None) -> dict[str, float]:
     """Recall@1/5/10 both ways and AR of one score matrix; with ``coco_folds`` > 1 the mean over that many
-    consecutive image folds (columns are in file-name order), plus ``n_folds``."""
+    image folds (``img_folds`` (n_img,) fold ids, else consecutive blocks of the columns, which are in
+    file-name order), plus ``n_folds``."""
     if coco_folds > 1:
-        return coco_1k_folds(scores, dataset.txt2img, n_folds=coco_folds)["mean"]
+        return coco_1k_folds(scores, dataset.txt2img, n_folds=coco_folds, img_folds=img_folds)["mean"]
     return retrieval_recalls(scores, dataset.txt2img)
 
 
@@ -424,7 +445,8 @@ def evaluate_sets(model, specs: Sequence[Any], settings: ScoreSettings, setting:
     """Score and measure every test set; returns results for utils.results_table.
 
     Args:
-        specs: objects with ``name``, ``dataset``, ``lang``, ``coco_folds`` (utils.itm_config.RetrievalSetSpec).
+        specs: objects with ``name``, ``dataset``, ``lang``, ``coco_folds``, ``fold_file``
+            (utils.itm_config.RetrievalSetSpec).
         setting: row label, e.g. "English-only fine-tune" or "Zero-shot".
         open_set: spec -> RetrievalSet (e.g. ``lambda s: open_retrieval_set(s, rule)``).
         out_dir: where rank 0 writes ``scores_{name}.npz`` when ``save``.
@@ -437,8 +459,9 @@ def evaluate_sets(model, specs: Sequence[Any], settings: ScoreSettings, setting:
         scores = score_matrix(model, dataset, settings)
         if save and out_dir is not None and du.is_main():
             save_scores(Path(out_dir) / f"scores_{spec.name}.npz", scores, dataset)
+        folds = read_fold_file(spec.fold_file, dataset) if getattr(spec, "fold_file", "") else None
         results.append({"setting": setting, "dataset": spec.dataset, "lang": spec.lang, "name": spec.name,
-                        "metrics": set_metrics(scores, dataset, spec.coco_folds)})
+                        "metrics": set_metrics(scores, dataset, spec.coco_folds, folds)})
     return results
 
 

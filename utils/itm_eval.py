@@ -312,13 +312,15 @@ def score_local_rows(model, dataset: RetrievalSet, settings: ScoreSettings, rank
         for t_idx in txt_blocks:
             txt = text_batch([dataset.txt_tokens[i] for i in t_idx], device)
             txt_emb = split.embed_text(txt["input_ids"], txt["position_ids"]) if split else None
+            # One device-to-host copy per caption block, not per batch, so the GPU never waits on it.
+            row = torch.empty(len(t_idx), len(dataset.img_fnames), device=device)
             for j_idx, img in zip(img_blocks, images):
                 if split:
-                    block = _score_block_split(model, split, txt_emb, txt["txt_lens"], img["emb"],
-                                               img["num_bbs"], settings.head)
+                    row[:, torch.as_tensor(j_idx, device=device)] = _score_block_split(
+                        model, split, txt_emb, txt["txt_lens"], img["emb"], img["num_bbs"], settings.head)
                 else:
-                    block = _score_block_full(model, txt, img, settings.head)
-                out[start:start + len(t_idx), j_idx] = block.float().cpu().numpy()
+                    row[:, torch.as_tensor(j_idx, device=device)] = _score_block_full(model, txt, img, settings.head)
+            out[start:start + len(t_idx)] = row.cpu().numpy()
             start += len(t_idx)
     return rows, out
 
@@ -377,10 +379,13 @@ def save_scores(path: Path, scores: np.ndarray, dataset: RetrievalSet) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, scores=scores.astype(np.float32), txt_ids=np.asarray(dataset.txt_ids, dtype=str),
-                 img_fnames=np.asarray(dataset.img_fnames, dtype=str), txt2img=dataset.txt2img)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, scores=scores.astype(np.float32), txt_ids=np.asarray(dataset.txt_ids, dtype=str),
+                     img_fnames=np.asarray(dataset.img_fnames, dtype=str), txt2img=dataset.txt2img)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -81,6 +81,7 @@ def spec(corpus, key: str, name: str) -> str:
                        "dataset": "demo", "lang": lang})
 
 
+@pytest.mark.slow  # ~15 s alone, twice that on a busy 2-core machine
 def test_fine_tune_then_evaluate_end_to_end(corpus, tmp_path):
     out = tmp_path / "run"
     table = train_itm.main([
@@ -134,27 +135,29 @@ def test_unset_placeholder_and_missing_training_sets_are_config_errors(monkeypat
         load_config(RetrievalConfig, bad)
 
 
+@pytest.mark.slow  # four short training runs
 def test_stop_and_resume_equals_one_run(corpus, tmp_path):
-    """10 steps, stop, resume to 20 gives the same weights as 20 steps in one go (hard negatives on)."""
+    """6 steps, stop, resume to 12 gives the same weights as 12 steps in one go (hard negatives and
+    dropout on)."""
     def run(out: Path, steps: int) -> None:
         train_itm.main([
             "--output_dir", str(out), "--model_config", str(corpus["model_config"]),
             "--checkpoint", str(corpus["checkpoint"]), "--n_workers", "0", "--pin_mem", "false",
-            "--train_datasets", f"[{spec(corpus, 'en_train', 'en_train')}]", "--num_train_steps", "20",
+            "--train_datasets", f"[{spec(corpus, 'en_train', 'en_train')}]", "--num_train_steps", "12",
             "--warmup_steps", "2", "--learning_rate", "1e-3", "--train_batch_size", "4", "--valid_steps", "0",
-            "--save_steps", "10", "--log_steps", "10", "--hard_neg_every", "3", "--hard_neg_pool", "4",
+            "--save_steps", "6", "--log_steps", "6", "--hard_neg_every", "3", "--hard_neg_pool", "4",
             "--decay", "constant",  # the LR then does not depend on num_train_steps
-            *(["--num_train_steps", str(steps)] if steps != 20 else [])])
+            *(["--num_train_steps", str(steps)] if steps != 12 else [])])
 
-    run(tmp_path / "one", 20)
-    run(tmp_path / "two", 10)
+    run(tmp_path / "one", 12)
+    run(tmp_path / "two", 6)
     # The second leg changes only num_train_steps; the run dir refuses other config changes.
     hps = json.loads((tmp_path / "two" / "hps.json").read_text())
-    hps["num_train_steps"] = 20
+    hps["num_train_steps"] = 12
     (tmp_path / "two" / "hps.json").write_text(json.dumps(hps))
-    run(tmp_path / "two", 20)
-    one = torch.load(tmp_path / "one" / "ckpt" / "model_step_20.pt", weights_only=True)
-    two = torch.load(tmp_path / "two" / "ckpt" / "model_step_20.pt", weights_only=True)
+    run(tmp_path / "two", 12)
+    one = torch.load(tmp_path / "one" / "ckpt" / "model_step_12.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "ckpt" / "model_step_12.pt", weights_only=True)
     assert one.keys() == two.keys()
     assert all(torch.equal(one[k], two[k]) for k in one)
     start = torch.load(corpus["checkpoint"], weights_only=True)

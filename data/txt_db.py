@@ -120,6 +120,7 @@ class TxtDb:
         self.lens: list[int] = [n for _, n in kept]
         self._id_set = frozenset(self.ids)
         self._env = LazyEnv(self.db_dir)
+        self._env.get()  # open now (cheap, cached): a corrupt data.mdb is reported before a run starts
 
     def _side(self, name: str, ok, expected: str) -> dict:
         path = self.db_dir / name

@@ -146,20 +146,32 @@ def _ablations(repo_root: Path, tmp_path: Path, *args: str, config: Path | None 
 
 def test_ablation_dry_run_builds_each_variant_from_the_base_config(repo_root, tmp_path):
     config = _pretrain_config(tmp_path / "pretrain.json")
-    result = _ablations(repo_root, tmp_path, "--dry-run", "--seeds", "7", "--pretrain-steps", "50", config=config)
+    result = _ablations(repo_root, tmp_path, "--dry-run", "--seeds", "7", "--pretrain-steps", "50",
+                        "--zero-shot", "--eval-langs", "en ja", config=config)
     assert result.returncode == 0, result.stderr
-    tasks = {}
+    tasks, evaluated = {}, []
     for line in result.stdout.splitlines():
         argv = shlex.split(line)
+        opts = dict(zip(argv[2::2], argv[3::2]))
         if argv[1].endswith("pretrain.py"):
-            opts = dict(zip(argv[2::2], argv[3::2]))
             assert opts["--seed"] == "7" and opts["--num_train_steps"] == "50" and opts["--config"] == str(config)
             variant = Path(opts["--output_dir"]).parts[-3]
-            tasks[variant] = [(d["name"], d["tasks"], d["mix_ratio"]) for d in json.loads(opts["--train_datasets"])]
+            specs = json.loads(opts["--train_datasets"])
+            tasks[variant] = [(d["name"], d["tasks"], d["mix_ratio"]) for d in specs]
+            # ${UC2_DEMO_DIR} is expanded here: the config loader does not expand command-line overrides.
+            assert {i for d in specs for i in d["img"]} == {f"{tmp_path}/demo/data/img_db/demo_imgs"}
             assert [d["tasks"] for d in json.loads(opts["--val_datasets"])] == [t for _, t, _ in tasks[variant]]
-        elif argv[1].endswith("inf_itm.py"):
-            assert "--head" in argv and argv[argv.index("--head") + 1] == "itm"
-            assert len(json.loads(argv[argv.index("--test_datasets") + 1])) == 6  # en de fr cs ja zh
+        elif argv[1].endswith(("inf_itm.py", "train_itm.py")):
+            name = Path(argv[1]).name
+            langs = [d["lang"] for d in json.loads(argv[argv.index("--test_datasets") + 1])]
+            evaluated.append((name, Path(opts["--output_dir"]).parts[-3], langs))
+            assert opts["--checkpoint"].endswith("/seed7/pretrain/model_final.pt")
+            if name == "inf_itm.py":
+                assert argv[argv.index("--head") + 1] == "itm"
+            else:
+                assert argv[argv.index("--valid_steps") + 1] == "0"
+    variants = ["full", "no_vtlm", "no_mrtm", "no_vtlm_mrtm", "mrc"]
+    assert evaluated == [(name, v, ["en", "ja"]) for v in variants for name in ("inf_itm.py", "train_itm.py")]
     full = [("demo_en", ["itm", "mlm", "mrtm"], [9, 12, 9]), ("demo_en_de", ["vtlm"], [3])]
     assert tasks == {
         "full": full,
@@ -191,7 +203,8 @@ def test_ablation_summary_table_means_and_spreads(repo_root, tmp_path):
         rows = [("All-language fine-tune", "demo", lang, {"r_mean": ar}) for lang, ar in zip(langs, ars)]
         write_tables(tmp_path / "abl" / "runs" / variant / f"seed{seed}" / "itm_all_lang" / "results", rows,
                      include_paper=False, demo_dataset="demo")
-    result = _ablations(repo_root, tmp_path, "--summary-only", "--seeds", "1 2", "--variants", "full no_vtlm")
+    result = _ablations(repo_root, tmp_path, "--summary-only", "--seeds", "1 2", "--variants", "full no_vtlm",
+                        "--settings", "all_lang en_only")
     assert result.returncode == 0, result.stderr
     md = (tmp_path / "abl" / "ablations.md").read_text()
     # full: en 61 ± 1.4, de 51 ± 1.4, per-seed means 55 and 57 -> 56 ± 1.4
@@ -200,5 +213,7 @@ def test_ablation_summary_table_means_and_spreads(repo_root, tmp_path):
     assert "| −VTLM | 50.0 ± 0.0 | 41.0 ± 1.4 | 45.5 ± 0.7 | -10.5 ± 2.2 | 2 |" in md
     blob = json.loads((tmp_path / "abl" / "ablations.json").read_text())
     assert blob["tables"]["fine-tuned (all-lang)"]["no_vtlm"]["mean"] == [45.0, 46.0]
-    # No zero-shot runs were made: that section says so instead of showing an empty table.
-    assert "### zero-shot, ITM head\n\nNo results yet (expected runs/VARIANT/seedS/zeroshot/results.json)" in md
+    # No English-only runs were made: that section says so instead of showing an empty table; zero-shot
+    # evaluation is optional and its section is left out.
+    assert "### fine-tuned (en-only)\n\nNo results yet (expected runs/VARIANT/seedS/itm_en_only/results/" in md
+    assert "zero-shot" not in md

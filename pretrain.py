@@ -13,21 +13,23 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
 
-def main(argv: list[str] | None = None) -> Path:
+def build_trainer(cfg, callbacks: Sequence[Callable] = ()):
+    """Join the job, build the model (initial weights included) and the tasks of ``cfg``; the
+    :class:`utils.trainer.Trainer` returned has not trained yet (tests validate the step-0 model with it).
+
+    ``callbacks`` are passed to the trainer (called as ``cb(trainer)`` after every optimizer step).
+    """
     from data.img_db import ImgDb
     from data.tasks.build import build_pretrain_tasks
     from data.tokenizer import load_tokenizer
     from model.model import UC2ForPretraining
-    from model.weights import save_uc2_checkpoint
-    from utils import distributed as du
-    from utils.config import ConfigError, parse_args_and_config
-    from utils.run_config import PretrainConfig
+    from utils.config import ConfigError
     from utils.setup import init_weights, pick_device, resolve_model_config, start_run
     from utils.trainer import Trainer
 
-    cfg = parse_args_and_config(PretrainConfig, argv)
     if not cfg.train_datasets:
         raise ConfigError("train_datasets: expected at least one training source")
     info = start_run(cfg)
@@ -45,7 +47,18 @@ def main(argv: list[str] | None = None) -> Path:
                           "early_adaptation.init_from to its output")
     init_weights(model, cfg, cfg.xlmr_dir, partial=(ea.init_from,) if ea is not None and ea.init_from else ())
     tasks = build_pretrain_tasks(cfg, tokenizer, info.rank, info.world_size, device)
-    trainer = Trainer(model, tasks, cfg, device=device, model_config=model_config.to_dict())
+    return Trainer(model, tasks, cfg, device=device, model_config=model_config.to_dict(), callbacks=callbacks)
+
+
+def main(argv: list[str] | None = None, callbacks: Sequence[Callable] = ()) -> Path:
+    """Parse the command line (``argv``, default ``sys.argv[1:]``), train, write ``model_final.pt``."""
+    from model.weights import save_uc2_checkpoint
+    from utils import distributed as du
+    from utils.config import parse_args_and_config
+    from utils.run_config import PretrainConfig
+
+    cfg = parse_args_and_config(PretrainConfig, argv)
+    trainer = build_trainer(cfg, callbacks)
     trainer.train()
     final = Path(cfg.output_dir) / "model_final.pt"
     if du.is_main():

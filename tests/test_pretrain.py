@@ -1,0 +1,243 @@
+"""pretrain.py end to end on a small generated demo corpus (the demo config cut to three caption languages
+and two paired sets, a tiny random XLM-R and a short Early Adaptation, built once per session).
+
+Covers: every task's validation loss falls; resume after a crash or a SIGKILL equals one uninterrupted run;
+two gloo ranks under torchrun agree and only rank 0 writes; the run directory's files; original UC2
+configs with trailing commas through the command line.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import pretrain
+from model.config import UC2ModelConfig
+from model.model import UC2ForPretraining
+from model.weights import load_uc2_checkpoint
+from tests._pretrain_helpers import REPO_ROOT, build_demo_dir, run_args, write_small_config
+from utils.config import parse_args_and_config
+from utils.run_config import PretrainConfig
+
+HELPER = REPO_ROOT / "tests" / "_pretrain_helpers.py"
+N_STEPS, K_STEPS = 40, 20  # the resume tests stop at K and continue to N (checkpoints every 10 steps)
+EXPECTED_TASKS = {f"{task}_cap_{lang}" for task in ("mlm", "itm", "mrtm") for lang in ("en", "de", "ja")} | {
+    "vtlm_paired_en-de", "vtlm_paired_en-ja"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tests share two cores with other work: extra intra-op threads only spin (10x slower here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """UC2_DEMO_DIR for the module: corpus + tiny XLM-R + EA, and the cut-down demo config beside them."""
+    root = build_demo_dir(tmp_path_factory.mktemp("pretrain_demo"))
+    write_small_config(root / "pretrain_small.json")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UC2_DEMO_DIR", str(root))
+        yield root
+
+
+def subprocess_env(demo: Path) -> dict[str, str]:
+    return dict(os.environ, UC2_DEMO_DIR=str(demo), OMP_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1")
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) if a[k].numel() else 0.0 for k in a)
+
+
+@pytest.fixture(scope="module")
+def full_run(demo, tmp_path_factory) -> Path:
+    """One uninterrupted N-step run through ``pretrain.main`` (the reference of the resume tests)."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    final = pretrain.main(run_args(demo / "pretrain_small.json", out, valid_steps=K_STEPS))
+    assert final == out / "model_final.pt"
+    return out
+
+
+def test_every_task_validation_loss_falls(demo, tmp_path):
+    """150 steps of all four objectives over en/de/ja captions and en-de/en-ja pairs lower every task's
+    validation loss from the step-0 model's."""
+    cfg = parse_args_and_config(PretrainConfig, run_args(demo / "pretrain_small.json", tmp_path / "run",
+                                                         num_train_steps=150, valid_steps=150, save_steps=0))
+    trainer = pretrain.build_trainer(cfg)
+    before = trainer.validate()
+    after = trainer.train()
+    losses = {k.removesuffix("/loss") for k in before if k.endswith("/loss")}
+    assert losses == EXPECTED_TASKS
+    rose = {t: (before[f"{t}/loss"], after[f"{t}/loss"]) for t in losses
+            if not after[f"{t}/loss"] < before[f"{t}/loss"]}
+    assert not rose, f"validation loss did not fall (before, after): {rose}"
+    # The token objectives start near log(vocab) and must really learn, not just wobble.
+    vocab = trainer.model.config.vocab_size
+    for task in losses - {t for t in losses if t.startswith("itm")}:
+        assert before[f"{task}/loss"] > 0.9 * math.log(vocab) and after[f"{task}/loss"] < before[f"{task}/loss"] - 0.5
+    assert "validation at step 0:" in (tmp_path / "run" / "log.txt").read_text(encoding="utf-8")
+
+
+def test_run_directory_files_and_final_model(full_run):
+    names = {p.name for p in full_run.iterdir()}
+    assert {"hps.json", "model.json", "log.txt", "tb", "ckpt", "model_final.pt"} <= names
+    hps = json.loads((full_run / "hps.json").read_text(encoding="utf-8"))
+    assert hps["num_train_steps"] == N_STEPS and hps["output_dir"] == str(full_run)
+    assert [d["name"] for d in hps["train_datasets"]] == ["cap_en", "cap_de", "cap_ja", "paired_en-de", "paired_en-ja"]
+    assert list((full_run / "tb").glob("events.out.tfevents.*"))
+    steps = sorted(int(p.stem.rsplit("_", 1)[1]) for p in (full_run / "ckpt").glob("train_state_step_*.pt"))
+    assert steps == [10, 20, 30, 40]
+    log = (full_run / "log.txt").read_text(encoding="utf-8")
+    assert "step 40:" in log and "validation at step 40:" in log and "loss/vtlm_paired_en-de=" in log
+
+    model = UC2ForPretraining(UC2ModelConfig.from_json(full_run / "model.json"))
+    report = load_uc2_checkpoint(model, full_run / "model_final.pt")
+    assert report.missing == [] and report.unexpected == []
+    last = load_weights(full_run / "ckpt" / "model_step_40.pt")
+    assert max_weight_diff(model.state_dict(), last) == 0.0
+    assert max_weight_diff(model.state_dict(), load_weights(full_run / "ckpt" / "model_step_10.pt")) > 1e-3
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def _crash_after(step: int):
+    def callback(trainer) -> None:
+        if trainer.step == step:
+            raise _Crash(f"simulated crash after step {step}")
+    return callback
+
+
+def test_resume_after_a_crash_equals_one_run(demo, full_run, tmp_path):
+    out = tmp_path / "run"
+    args = run_args(demo / "pretrain_small.json", out, valid_steps=K_STEPS)
+    with pytest.raises(_Crash):
+        pretrain.main(args, callbacks=[_crash_after(K_STEPS + 5)])  # 5 steps past the checkpoint are lost
+    assert not (out / "model_final.pt").exists()
+    pretrain.main(args)  # resume "auto": continues from ckpt step 20
+    assert f"resumed from step {K_STEPS}" in (out / "log.txt").read_text(encoding="utf-8")
+    diff = max_weight_diff(load_weights(out / "model_final.pt"), load_weights(full_run / "model_final.pt"))
+    assert diff <= 1e-6
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"pretraining exited ({proc.returncode}) before writing {path}:\n"
+                                 f"{proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} not written within {timeout_s}s")
+        time.sleep(0.05)
+
+
+def test_resume_after_sigkill_equals_one_run(demo, full_run, tmp_path):
+    """A process killed with SIGKILL right after its step-K checkpoint; the resumed run matches."""
+    out = tmp_path / "run"
+    args = run_args(demo / "pretrain_small.json", out, valid_steps=K_STEPS)
+    proc = subprocess.Popen([sys.executable, str(HELPER), "--pause_after", str(K_STEPS), "--", *args],
+                            env=subprocess_env(demo), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(out / "ckpt" / f"train_state_step_{K_STEPS}.pt", proc, timeout_s=240)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL and not (out / "model_final.pt").exists()
+    pretrain.main(args)
+    assert f"resumed from step {K_STEPS}" in (out / "log.txt").read_text(encoding="utf-8")
+    diff = max_weight_diff(load_weights(out / "model_final.pt"), load_weights(full_run / "model_final.pt"))
+    assert diff <= 1e-6
+
+
+def test_two_gloo_ranks_agree_and_only_rank0_writes(demo, tmp_path):
+    out, dumps = tmp_path / "run", tmp_path / "dumps"
+    args = run_args(demo / "pretrain_small.json", out, num_train_steps=20, train_batch_size=128, valid_steps=10)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HELPER), "--dump_dir", str(dumps), "--", *args]
+    done = subprocess.run(cmd, env=subprocess_env(demo), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == {"hps.json", "model.json", "git_info.json", "log.txt", "tb", "ckpt",
+                                               "model_final.pt"}
+    assert len(list((out / "tb").iterdir())) == 1
+    log = (out / "log.txt").read_text(encoding="utf-8")
+    for step in (10, 20):  # one line per event: rank 1 logs nothing
+        assert log.count(f"saved checkpoint of step {step} ") == 1
+        assert log.count(f"validation at step {step}:") == 1
+    assert torch.load(out / "ckpt" / "train_state_step_20.pt", weights_only=True)["world_size"] == 2
+    rank0, rank1 = load_weights(dumps / "rank0.pt"), load_weights(dumps / "rank1.pt")
+    assert max_weight_diff(rank0, rank1) == 0.0
+    assert max_weight_diff(rank0, load_weights(out / "model_final.pt")) == 0.0
+
+
+ORIGINAL_STYLE = """{
+    "compressed_db": false,
+    "output_dir": "%(out)s",
+    "xlmr_dir": "%(demo)s/xlmr",
+    "label_dir": "%(demo)s/data/raw/labels",
+    "mrm_prob": 0.2,
+    "itm_neg_prob": 0.5,
+    "itm_ot_lambda": 0.1,
+    "max_txt_len": 60,
+    "conf_th": 0.2, "max_bb": 100, "min_bb": 3, "num_bb": 36,
+    "train_batch_size": 256,
+    "val_batch_size": 2048,
+    "gradient_accumulation_steps": 2,
+    "learning_rate": 1e-3,
+    "num_train_steps": 4,
+    "valid_steps": 4,
+    "save_steps": 4,
+    "optim": "adamw",
+    "betas": [0.9, 0.98],
+    "warmup_steps": 1,
+    "fp16": true,
+    "n_workers": 0,
+    "train_datasets": [
+        {"name": "coco_en", "db": ["%(demo)s/data/txt_db/cap_en_train.db"], "img": ["%(demo)s/data/img_db/demo_imgs"],
+         "tasks": ["itm", "mlm", "vmlm"], "mix_ratio": [9, 12, 9],},
+        {"name": "paired_en-de", "db": ["%(demo)s/data/txt_db/paired_en-de_train.db"],
+         "img": ["%(demo)s/data/img_db/demo_imgs"], "tasks": ["tlm"], "mix_ratio": [3], "rename": "x",},
+    ],
+    "val_datasets": [
+        {"name": "coco_en", "db": ["%(demo)s/data/txt_db/cap_en_val.db"], "img": ["%(demo)s/data/img_db/demo_imgs"],
+         "tasks": ["itm", "mlm", "vmlm"],},
+    ],
+}
+"""
+
+
+def test_original_uc2_config_with_trailing_commas_runs(demo, tmp_path):
+    out = tmp_path / "run"
+    path = tmp_path / "uc2_pretrain.json"
+    path.write_text(ORIGINAL_STYLE % {"out": out, "demo": demo}, encoding="utf-8")
+    base = [sys.executable, str(REPO_ROOT / "pretrain.py"), "--original_config", str(path)]
+    refused = subprocess.run(base, env=subprocess_env(demo), capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "invalid JSON" in refused.stderr and "trailing comma" in refused.stderr
+
+    done = subprocess.run([*base, "--allow_trailing_commas"], env=subprocess_env(demo), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ignoring original keys not used by this code: compressed_db, itm_ot_lambda, train_datasets[1].rename" \
+        in done.stderr
+    hps = json.loads((out / "hps.json").read_text(encoding="utf-8"))
+    assert hps["precision"] == "fp16" and hps["mask_prob"] == 0.2 and hps["gradient_accumulation_steps"] == 2
+    log = (out / "log.txt").read_text(encoding="utf-8")
+    # vmlm / tlm are the original names of MRTM / VTLM
+    assert "mrtm_coco_en/loss=" in log and "validation at step 4:" in log
+    assert (out / "model_final.pt").is_file()

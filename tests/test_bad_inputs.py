@@ -478,6 +478,18 @@ def test_pretrain_tokenizer_model_file_corrupt(good_cfg, tmp_path):
     assert_nothing_written(tmp_path / "run")
 
 
+def test_pretrain_tokenizer_of_another_vocabulary(good_cfg, tmp_path, root):
+    """A valid tokenizer that is not the one the model (the XLM-R folder) was made for."""
+    from tests.helpers import make_tiny_tokenizer
+
+    other = make_tiny_tokenizer(tmp_path, vocab_size=200)
+    good_cfg["tokenizer"] = str(other)
+    msg = expect_error(lambda: run_pretrain(tmp_path, good_cfg), ConfigError, "model vocab_size",
+                       f"tokenizer {other}")
+    assert str(json.loads((root / "xlmr" / "config.json").read_text(encoding="utf-8"))["vocab_size"]) in msg
+    assert_nothing_written(tmp_path / "run")
+
+
 def test_prepro_missing_tokenizer_folder(root, tmp_path, capsys):
     out = tmp_path / "txt"
     rc = prepro.main(["captions", "--input", str(root / "data/raw/captions_val.jsonl"), "--output", str(out),
@@ -620,6 +632,25 @@ def test_inf_vqa_unknown_answer_file(root, tmp_path):
             "--output", str(out), "--ans2label", str(missing), "--checkpoint", str(root / "pretrain/model_final.pt"),
             "--model_config", str(root / "pretrain/model.json")]
     expect_error(lambda: inf_vqa.main(argv), DataError, f"ans2label file {missing} does not exist")
+    assert_nothing_written(out)
+
+
+def test_inf_vqa_pretraining_checkpoint_is_not_a_vqa_model(root, tmp_path):
+    from utils.config import to_dict
+    from utils.vqa_config import VQAConfig
+
+    run = tmp_path / "vqa_run"  # only the run config: the demo's box rule (min_bb 3) is not the default
+    run.mkdir()
+    img_db = str(root / "data/img_db/demo_imgs")
+    write_json(run / "hps.json", to_dict(VQAConfig(output_dir=str(run), train_txt_dbs=["x.db"],
+                                                   train_img_dbs=[img_db], min_bb=3)))
+    ckpt = root / "pretrain" / "model_final.pt"
+    out = tmp_path / "preds.json"
+    argv = ["--run_dir", str(run), "--txt_db", str(root / "data/txt_db/vqa_en_val.db"), "--output", str(out),
+            "--ans2label", str(root / "data/txt_db/vqa_en_train.db/ans2label.json"),
+            "--checkpoint", str(ckpt), "--model_config", str(root / "pretrain/model.json")]
+    expect_error(lambda: inf_vqa.main(argv), DataError, f"{ckpt}: no trained weights for ['vqa_output.",
+                 "not a fine-tuned VQA model")
     assert_nothing_written(out)
 
 

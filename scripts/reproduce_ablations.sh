@@ -115,8 +115,7 @@ def load(path):
     """A config's JSON with ${NAME} replaced from the environment: the config loader expands the file's
     values but not command-line overrides, and these lists travel as overrides."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-        data = json.loads(text)
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         fail(f"cannot read config {path}: {exc}")
 
@@ -139,7 +138,7 @@ def variant_specs(specs, variant, mrc_task, where):
     """Drop (or, for mrc, replace) the variant's objectives in each dataset's task list; empty sets go."""
     drop = {"full": set(), "no_vtlm": VTLM, "no_mrtm": MRTM, "no_vtlm_mrtm": VTLM | MRTM, "mrc": set()}[variant]
     out, changed = [], False
-    for i, spec in enumerate(specs):
+    for spec in specs:
         tasks, ratios = spec.get("tasks", []), spec.get("mix_ratio") or [None] * len(spec.get("tasks", []))
         kept = [(mrc_task if variant == "mrc" and t in MRTM else t, r) for t, r in zip(tasks, ratios) if t not in drop]
         changed |= len(kept) != len(tasks) or any(k != t for (k, _), t in zip(kept, tasks))
@@ -297,7 +296,7 @@ prepare_demo() {
     done
 }
 
-# One variant and seed: pretrain, zero-shot evaluation, fine-tuning + test evaluation per setting.
+# One variant and seed: pretrain, zero-shot evaluation (--zero-shot), fine-tuning + test evaluation per setting.
 run_one() {
     local variant=$1 seed=$2
     local dir="$OUT/runs/$variant/seed$seed"

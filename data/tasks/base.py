@@ -264,9 +264,13 @@ class PretrainTask:
     def _loader(self, data: TaskDataset, batch_sampler) -> DataLoader:
         opts = self.options
         context = worker_context() if opts.num_workers > 0 else None
+        # A DataLoader iterator draws its worker base seed from the GLOBAL torch RNG unless it has its own
+        # generator. Train streams are (re)created lazily, at other steps in a resumed run, so that draw
+        # would shift the dropout masks after resume. Examples take all randomness from their draw seeds,
+        # so a fixed private generator changes no data.
         return DataLoader(data, batch_sampler=batch_sampler, collate_fn=self.objective.collate,
                           num_workers=opts.num_workers, pin_memory=opts.pin_memory,
-                          multiprocessing_context=context)
+                          multiprocessing_context=context, generator=torch.Generator().manual_seed(0))
 
     def train_batches(self, start_batch: int = 0) -> Iterator[dict]:
         """Infinite, deterministic batches on the task's device, skipping the first ``start_batch``."""

@@ -33,13 +33,13 @@ def build_setup(root: Path) -> Path:
 
 def pretrain_config(repo_root: Path, output_dir: Path) -> dict[str, Any]:
     """``config/demo_pretrain.json`` cut to two sources (captions en: MLM/ITM/MRTM; paired en-de: VTLM),
-    two steps, no validation, no Early Adaptation file; paths keep their ``${UC2_DEMO_DIR}``."""
+    two steps of small batches, no validation, no Early Adaptation file; paths keep their ``${UC2_DEMO_DIR}``."""
     cfg = json.loads((repo_root / "config" / "demo_pretrain.json").read_text(encoding="utf-8"))
     cfg.pop("early_adaptation")
     cfg["train_datasets"] = [ds for ds in cfg["train_datasets"] if ds["name"] in ("cap_en", "paired_en-de")]
     cfg["val_datasets"] = []
     cfg.update(output_dir=str(output_dir), num_train_steps=2, warmup_steps=0, valid_steps=0, save_steps=0,
-               log_steps=1, pin_mem=False)
+               log_steps=1, pin_mem=False, train_batch_size=256)
     return cfg
 
 

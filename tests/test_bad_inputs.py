@@ -801,6 +801,7 @@ def _script_cases(root: Path, tmp: Path, repo: Path) -> dict[str, tuple[str, lis
     spec = {"name": "en", "txt_db": str(root / "data/txt_db/cap_en_test.db"),
             "img_db": str(root / "data/img_db/demo_imgs"), "dataset": "demo", "lang": "en"}
     eval_cfg = write_json(tmp / "eval.json", {"output_dir": str(tmp / "eval"), "checkpoint": str(truncated),
+                                              "model_config": str(root / "pretrain/model.json"),
                                               "test_datasets": [spec], "min_bb": 3})
     itm = ["--config", str(repo / "config" / "itm_demo_en_only.json"), "--output_dir", str(tmp / "itm"),
            "--train_datasets.0.txt_db", str(tmp / "nope.db")]

@@ -84,13 +84,16 @@ class SelfAttention(nn.Module):
     def forward(self, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """hidden (B, L, H), keep (B, 1, 1, L) bool (True = may be attended) -> context (B, L, H)."""
         b, length, h = hidden.shape
-
-        def heads(x: torch.Tensor) -> torch.Tensor:  # (B, L, H) -> (B, heads, L, H / heads)
-            return x.view(b, length, self.num_heads, h // self.num_heads).transpose(1, 2)
-
-        ctx = F.scaled_dot_product_attention(
-            heads(self.query(hidden)), heads(self.key(hidden)), heads(self.value(hidden)),
-            attn_mask=keep, dropout_p=self.dropout_p if self.training else 0.0)
+        # One (H -> 3H) projection instead of three (H -> H): the wider GEMMs (forward and backward) run
+        # closer to the matmul peak (scripts/benchmark.py measured ~7 % off an encoder step on CPU).
+        # The 3H x H concatenation is a small copy per layer; the parameters keep their checkpoint names.
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3H, H)
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3H,)
+        qkv = F.linear(hidden, weight, bias)  # (B, L, 3H)
+        # (B, L, 3, heads, H / heads) -> 3 x (B, heads, L, H / heads)
+        q, k, v = qkv.view(b, length, 3, self.num_heads, h // self.num_heads).permute(2, 0, 3, 1, 4)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
+                                             dropout_p=self.dropout_p if self.training else 0.0)
         return ctx.transpose(1, 2).reshape(b, length, h)
 
 

@@ -65,11 +65,17 @@ def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
     return max(float((a[k].float() - b[k].float()).abs().max()) if a[k].numel() else 0.0 for k in a)
 
 
+def resume_args(demo: Path, out: Path) -> list[str]:
+    """The N-step run of the resume tests. Dropout is on: a resumed run must restore the RNG state and
+    draw nothing extra from it (a DataLoader iterator made after resume once did)."""
+    return run_args(demo / "pretrain_small.json", out, valid_steps=K_STEPS, dropout=0.1)
+
+
 @pytest.fixture(scope="module")
 def full_run(demo, tmp_path_factory) -> Path:
     """One uninterrupted N-step run through ``pretrain.main`` (the reference of the resume tests)."""
     out = tmp_path_factory.mktemp("full") / "run"
-    final = pretrain.main(run_args(demo / "pretrain_small.json", out, valid_steps=K_STEPS))
+    final = pretrain.main(resume_args(demo, out))
     assert final == out / "model_final.pt"
     return out
 
@@ -127,7 +133,7 @@ def _crash_after(step: int):
 
 def test_resume_after_a_crash_equals_one_run(demo, full_run, tmp_path):
     out = tmp_path / "run"
-    args = run_args(demo / "pretrain_small.json", out, valid_steps=K_STEPS)
+    args = resume_args(demo, out)
     with pytest.raises(_Crash):
         pretrain.main(args, callbacks=[_crash_after(K_STEPS + 5)])  # 5 steps past the checkpoint are lost
     assert not (out / "model_final.pt").exists()
@@ -151,7 +157,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float) -> None:
 def test_resume_after_sigkill_equals_one_run(demo, full_run, tmp_path):
     """A process killed with SIGKILL right after its step-K checkpoint; the resumed run matches."""
     out = tmp_path / "run"
-    args = run_args(demo / "pretrain_small.json", out, valid_steps=K_STEPS)
+    args = resume_args(demo, out)
     proc = subprocess.Popen([sys.executable, str(HELPER), "--pause_after", str(K_STEPS), "--", *args],
                             env=subprocess_env(demo), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

@@ -91,6 +91,11 @@ SHAPES = {
 # Timing, FLOP counting, memory
 
 
+def log(message: str) -> None:
+    """Progress line on stderr (a base-shape run takes minutes)."""
+    print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued device work, so wall-clock times cover it."""
     if device.type == "cuda":
@@ -355,6 +360,7 @@ def bench_uc2_tasks(shape: BenchShape, names: list[str], paths: dict[str, Path],
     model = UC2ForPretraining(model_config(shape)).to(device).train()
     results = {}
     for name in names:
+        log(f"task {name}: loading, then {args.steps} timed steps")
         task = build_task(name, shape, paths, device, args.workers)
         batch, loading = measure_loading(task, args.load_batches)
         step = train_step_fn(model, lambda t=task, b=batch: t.compute_loss(model, b)[0], args.precision, device)
@@ -362,6 +368,7 @@ def bench_uc2_tasks(shape: BenchShape, names: list[str], paths: dict[str, Path],
         report = measure_step(step, args.steps, device, peaks, examples, tokens)
         loading["fraction_of_step"] = loading["load_s_per_batch"] / report["step_s"]
         results[name] = {**report, "batch": examples, "seq_len": int(batch["attn_masks"].size(1)), "data": loading}
+    log("AdamW step")
     optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 0.01), lr=1e-4, **_adamw_impl(device))
     return results, time_optimizer(model, optimizer, device, args.steps)
 
@@ -409,6 +416,7 @@ def hf_batch(shape: BenchShape, device: torch.device, mask_prob: float = 0.15, s
 
 def bench_hf(shape: BenchShape, args, device: torch.device, peaks: PeakSampler) -> dict[str, Any]:
     """Forward + backward of HF XLM-R MaskedLM (loss over the labelled 15 %), then one AdamW step."""
+    log(f"Hugging Face XLM-R reference: {args.steps} timed steps")
     torch.manual_seed(0)
     model = hf_masked_lm(shape).to(device).train()
     batch = hf_batch(shape, device)
@@ -425,6 +433,7 @@ def bench_eval(shape: BenchShape, args, device: torch.device, peaks: PeakSampler
     from model.model import UC2ForImageTextRetrieval
     from utils.itm_eval import ScoreSettings, encoder_flops_per_pair, score_matrix, synthetic_set
 
+    log(f"evaluation: {shape.eval_captions} x {shape.eval_images} pairs, {args.steps} timed runs")
     torch.manual_seed(0)
     config = model_config(shape)
     # No parameter needs a gradient here; frozen, views of weights taken under no_grad (the image type row)

@@ -81,7 +81,7 @@ def run_pretrain(tmp_path: Path, cfg: dict | str, *argv: str) -> Path:
 
 
 def assert_nothing_written(out: Path) -> None:
-    assert not out.exists(), f"{out} was created: {sorted(p.name for p in out.iterdir())}"
+    assert not out.exists(), f"{out} was created: {sorted(out.rglob('*')) if out.is_dir() else 'a file'}"
     assert not leftovers(out.parent), leftovers(out.parent)
 
 
@@ -126,9 +126,15 @@ CONFIG_CASES = {
 }
 
 
+# Checked by pretrain.py / the task builder after the file was loaded: their messages name the key path only.
+CHECKED_AFTER_LOADING = {"no_training_source", "unknown_task"}
+
+
 @pytest.mark.parametrize("case", sorted(CONFIG_CASES))
 def test_pretrain_config_key_errors(case, good_cfg, tmp_path):
     mutate, fragments = CONFIG_CASES[case]
+    if case not in CHECKED_AFTER_LOADING:
+        fragments = [f"{tmp_path / 'cfg.json'}: ", *fragments]
     expect_error(lambda: run_pretrain(tmp_path, mutate(good_cfg)), ConfigError, *fragments)
     assert_nothing_written(tmp_path / "run")
 
@@ -166,7 +172,7 @@ def test_pretrain_config_unset_variable_names_key(good_cfg, tmp_path, monkeypatc
     monkeypatch.delenv("UC2_DEMO_DIR")
     expect_error(lambda: run_pretrain(tmp_path, good_cfg), ConfigError, str(tmp_path / "cfg.json"),
                  "key 'xlmr_dir' uses ${UC2_DEMO_DIR}", "UC2_DEMO_DIR is not set")
-    assert not list(tmp_path.glob("$*")), "an unexpanded ${VAR} path was created"
+    assert_nothing_written(tmp_path / "run")
 
 
 @pytest.mark.parametrize("argv, fragments", [

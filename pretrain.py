@@ -68,8 +68,6 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Callable] = ()) -> P
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:  # ConfigError / DataError carry the file and key
-        sys.exit(f"error: {err}")
+    from utils.setup import run_cli
+
+    run_cli(main)

@@ -833,9 +833,7 @@ _NO_CLEAN_EXIT = pytest.mark.xfail(strict=True, reason="the script's __main__ le
 
 @pytest.mark.parametrize("case", [
     "pretrain_bad_json",
-    pytest.param("pretrain_foreign_run_dir", marks=pytest.mark.xfail(
-        strict=True, reason="pretrain.py's __main__ catches ValueError/FileNotFoundError only; CheckpointError "
-                            "(a RuntimeError) ends in a traceback")),
+    "pretrain_foreign_run_dir",
     "train_vqa_no_answer_file",
     "inf_vqa_no_answer_file",
     pytest.param("train_itm_missing_txt_db", marks=_NO_CLEAN_EXIT),

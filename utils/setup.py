@@ -7,7 +7,9 @@ feature and detector-label widths come from the data, dropout from the run confi
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -70,3 +72,17 @@ def pick_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a script's ``main``: set up logging, and turn the project's own errors (bad config, data,
+    checkpoint or a failed rank — each message names the file/key) into one ``error: ...`` line and exit
+    status 1 instead of a traceback. Programming errors still show their traceback."""
+    from utils.checkpoint import CheckpointError
+    from utils.distributed import DistributedError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except (ValueError, FileNotFoundError, CheckpointError, DistributedError) as err:
+        sys.exit(f"error: {err}")

@@ -64,6 +64,11 @@ def build_task(cfg: RetrievalConfig) -> RetrievalTask:
         options=LoaderOptions(num_workers=cfg.n_workers))
 
 
+def lr_multipliers(cfg: RetrievalConfig) -> dict[str, float] | None:
+    """Per-prefix learning-rate multipliers: the XLM-R text embeddings may get their own rate."""
+    return {"roberta.embeddings": cfg.embeddings_lr_mult} if cfg.embeddings_lr_mult != 1.0 else None
+
+
 def score_settings(cfg, head: str) -> itm_eval.ScoreSettings:
     return itm_eval.ScoreSettings(head=head, txt_block=cfg.eval.txt_block, img_block=cfg.eval.img_block,
                                   precision=cfg.precision)
@@ -89,8 +94,7 @@ def main(argv: list[str] | None = None) -> str:
     try:
         model, mconf = build_model(cfg)
         task = build_task(cfg)
-        lr_mult = {"roberta.embeddings": cfg.embeddings_lr_mult} if cfg.embeddings_lr_mult != 1.0 else None
-        trainer = Trainer(model, [task], cfg, model_config=mconf.to_dict(), lr_multipliers=lr_mult,
+        trainer = Trainer(model, [task], cfg, model_config=mconf.to_dict(), lr_multipliers=lr_multipliers(cfg),
                           best_metric=f"{TASK_NAME}/r_mean" if cfg.val_datasets else None)
         trainer.train()
         table = final_evaluation(cfg, trainer.model, trainer.ckpt.dir / "model_best.pt") if cfg.test_datasets else ""

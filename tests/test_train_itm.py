@@ -162,3 +162,17 @@ def test_stop_and_resume_equals_one_run(corpus, tmp_path):
     assert all(torch.equal(one[k], two[k]) for k in one)
     start = torch.load(corpus["checkpoint"], weights_only=True)
     assert not torch.equal(one["roberta.pooler.dense.weight"], start["roberta.pooler.dense.weight"])
+
+
+def test_embeddings_get_their_own_learning_rate(corpus):
+    from optim.adamw import build_optimizer
+    from utils.config import from_dict
+    cfg = from_dict(RetrievalConfig, {"output_dir": "/x", "learning_rate": 1e-4, "embeddings_lr_mult": 0.1,
+                                      "model_config": str(corpus["model_config"]),
+                                      "train_datasets": [json.loads(spec(corpus, "en_train", "en"))]})
+    model, _ = train_itm.build_model(cfg)
+    groups = build_optimizer(model, cfg, train_itm.lr_multipliers(cfg)).param_groups
+    lr_of = {name: g["lr"] for g in groups for name in g["names"]}
+    assert lr_of["roberta.embeddings.word_embeddings.weight"] == pytest.approx(1e-5)
+    assert lr_of["roberta.img_embeddings.img_linear.weight"] == pytest.approx(1e-4)
+    assert lr_of["rank_output.weight"] == pytest.approx(1e-4)

@@ -176,3 +176,32 @@ def test_embeddings_get_their_own_learning_rate(corpus):
     assert lr_of["roberta.embeddings.word_embeddings.weight"] == pytest.approx(1e-5)
     assert lr_of["roberta.img_embeddings.img_linear.weight"] == pytest.approx(1e-4)
     assert lr_of["rank_output.weight"] == pytest.approx(1e-4)
+
+
+@pytest.mark.slow  # two processes, gloo
+def test_torchrun_two_ranks_cpu(corpus, tmp_path):
+    """train_itm under torchrun (2 gloo ranks on CPU): trains, validates, and rank 0 writes the table."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:  # a free port, so parallel test runs do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(repo / "train_itm.py"), "--output_dir", str(out), "--model_config", str(corpus["model_config"]),
+           "--checkpoint", str(corpus["checkpoint"]), "--n_workers", "0", "--pin_mem", "false",
+           "--train_datasets", f"[{spec(corpus, 'en_train', 'en_train')}]",
+           "--val_datasets", f"[{spec(corpus, 'en_test', 'en_val')}]",
+           "--test_datasets", f"[{spec(corpus, 'de_test', 'de_test')}]", "--num_train_steps", "6",
+           "--warmup_steps", "1", "--train_batch_size", "4", "--valid_steps", "3", "--save_steps", "6",
+           "--log_steps", "3", "--hard_neg_every", "2", "--hard_neg_pool", "3"]
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("## Retrieval: Average Recall") == 1  # printed by rank 0 only
+    assert json.loads((out / "ckpt" / "best.json").read_text())["metric"] == "itm_rank/r_mean"
+    scores = np.load(out / "results" / "scores_de_test.npz", allow_pickle=False)
+    assert scores["scores"].shape == (20, 10)

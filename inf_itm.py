@@ -66,4 +66,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from utils.setup import run_cli
+
+    run_cli(main)

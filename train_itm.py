@@ -106,4 +106,6 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from utils.setup import run_cli
+
+    run_cli(main)

@@ -827,17 +827,13 @@ def _script_cases(root: Path, tmp: Path, repo: Path) -> dict[str, tuple[str, lis
     }
 
 
-_NO_CLEAN_EXIT = pytest.mark.xfail(strict=True, reason="the script's __main__ lets this error through as a "
-                                   "traceback instead of exiting with 'error: <message>' like the others")
-
-
 @pytest.mark.parametrize("case", [
     "pretrain_bad_json",
     "pretrain_foreign_run_dir",
     "train_vqa_no_answer_file",
     "inf_vqa_no_answer_file",
-    pytest.param("train_itm_missing_txt_db", marks=_NO_CLEAN_EXIT),
-    pytest.param("inf_itm_truncated_checkpoint", marks=_NO_CLEAN_EXIT),
+    "train_itm_missing_txt_db",
+    "inf_itm_truncated_checkpoint",
 ])
 def test_script_exits_with_one_line_error(case, root, tmp_path, repo_root, monkeypatch):
     script, argv, start = _script_cases(root, tmp_path, repo_root)[case]

@@ -13,7 +13,6 @@ match score (``head`` "auto" picks this by itself).
 from __future__ import annotations
 
 import logging
-import sys
 
 import torch
 

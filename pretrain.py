@@ -10,8 +10,6 @@ weights are also written as ``model_final.pt`` with the original UC2 key names.
 """
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 

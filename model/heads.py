@@ -23,6 +23,36 @@ def activation(name: str) -> nn.Module:
     raise ValueError(f"hidden_act {name!r} is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)")
 
 
+class _VocabProjection(torch.autograd.Function):
+    """``x @ weight.T + bias`` for the tied MLM decoder, x (N, H), weight (V, H), bias (V,) -> (N, V).
+
+    Same numbers as ``F.linear``; only the weight gradient differs in layout: ``F.linear`` hands the
+    weight a transposed view of its (V, H) gradient, so autograd then adds the tied word-embedding
+    gradient out of place, allocating a third vocabulary-sized buffer every step. Here the weight
+    gradient is a plain contiguous tensor and the embedding gradient is added into it in place
+    (measured on CPU at V = 250k, 140 targets: 4.66 s -> 4.21 s for embedding + head forward/backward).
+    Under autocast the inputs are cast as ``F.linear`` would cast them, and saved cast.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        ctx.save_for_backward(x, weight)
+        return torch.addmm(bias, x, weight.t())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad.to(x.dtype)
+        grad_x = grad.mm(weight) if ctx.needs_input_grad[0] else None
+        grad_weight = grad.t().mm(x) if ctx.needs_input_grad[1] else None  # (V, H), contiguous
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
 class MLMHead(nn.Module):
     """RoBERTa MLM head ``cls``: dense -> GELU -> layer_norm -> decoder tied to the word embeddings.
 
@@ -41,8 +71,11 @@ class MLMHead(nn.Module):
         self.decoder.bias = self.bias
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden (N, H) -> vocabulary logits (N, V)."""
-        return self.decoder(self.layer_norm(self.act(self.dense(hidden))))
+        """hidden (N, H) (or (..., H)) -> vocabulary logits (N, V) (or (..., V))."""
+        states = self.layer_norm(self.act(self.dense(hidden)))
+        flat = states.reshape(-1, states.shape[-1])  # (N, H)
+        logits = _VocabProjection.apply(flat, self.decoder.weight, self.decoder.bias)  # (N, V)
+        return logits.view(*states.shape[:-1], logits.shape[-1])
 
 
 class RegionClassifier(nn.Module):

@@ -35,7 +35,7 @@ from model.config import UC2ModelConfig
 from model.model import UC2ForVQA
 from model.weights import load_uc2_checkpoint
 from utils import distributed as du
-from utils.checkpoint import CheckpointManager, atomic_write_json
+from utils.checkpoint import CheckpointManager, atomic_write
 from utils.config import ConfigError, load_config
 from utils.misc import autocast
 from utils.results_table import vqa_markdown
@@ -164,14 +164,20 @@ def score(rows: Sequence[dict], label2ans: Sequence[str], ans2label: dict[str, i
     return metrics
 
 
+def write_json_utf8(obj: Any, path: Path) -> None:
+    """JSON with non-ASCII answers kept readable (Japanese), written atomically (temp file + rename)."""
+    data = (json.dumps(obj, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    atomic_write(path, lambda fh: fh.write(data))
+
+
 def write_outputs(args: argparse.Namespace, preds: list[dict], result: dict | None) -> Path | None:
     """Write the predictions and (when scored) the result row, each atomically; returns the scores path."""
     out = Path(args.output)
-    atomic_write_json(preds, out)
+    write_json_utf8(preds, out)
     if result is None:
         return None
     scores_path = out.with_name(out.stem + ".scores.json")
-    atomic_write_json(result, scores_path)
+    write_json_utf8(result, scores_path)
     return scores_path
 
 

@@ -3,18 +3,18 @@
 Imported by the tests (``from tests._pretrain_helpers import ...``), and also run as a script, alone or
 under ``torch.distributed.run``, to call ``pretrain.main`` with test callbacks::
 
-    python tests/_pretrain_helpers.py [--pause_after K] [--dump_dir DIR] -- <pretrain.py arguments>
+    python tests/_pretrain_helpers.py [--kill_after K] [--dump_dir DIR] [--] <pretrain.py arguments>
 
-``--pause_after K`` sleeps after optimizer step K (its checkpoint is already written) so that the test can
-SIGKILL the process at a known point; ``--dump_dir`` writes each rank's final weights to
-``DIR/rank{r}.pt``.
+``--kill_after K`` makes every rank SIGKILL itself right after optimizer step K (the step-K checkpoint is
+complete: saving ends with a barrier), like a crash nothing can clean up after; ``--dump_dir`` writes each
+rank's final weights to ``DIR/rank{r}.pt``.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import signal
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -109,28 +109,32 @@ def _dump_final(dump_dir: Path):
     return callback
 
 
-def _pause_after(step: int):
+def _kill_after(step: int):
     def callback(trainer) -> None:
         if trainer.step == step:
-            time.sleep(3600)  # the test kills this process here
+            # from inside: a test killing torchrun's launcher would leave its ranks (own sessions) running
+            os.kill(os.getpid(), signal.SIGKILL)
     return callback
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     import torch
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pause_after", type=int, help="sleep after this optimizer step")
-    parser.add_argument("--dump_dir", type=Path, help="write each rank's final weights here")
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help="-- then pretrain.py arguments")
-    args = parser.parse_args(argv)
-    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    # Parsed by hand: torchrun drops a leading "--", and argparse REMAINDER would then eat pretrain's options.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options: dict[str, str] = {}
+    while argv[:1] and argv[0] in ("--kill_after", "--dump_dir"):
+        if len(argv) < 2:
+            raise SystemExit(f"{argv[0]} needs a value")
+        options[argv[0]] = argv[1]
+        argv = argv[2:]
+    rest = argv[1:] if argv[:1] == ["--"] else argv
     torch.set_num_threads(1)  # the tests share 2 cores; more threads only spin
     callbacks = []
-    if args.pause_after is not None:
-        callbacks.append(_pause_after(args.pause_after))
-    if args.dump_dir is not None:
-        callbacks.append(_dump_final(args.dump_dir))
+    if "--kill_after" in options:
+        callbacks.append(_kill_after(int(options["--kill_after"])))
+    if "--dump_dir" in options:
+        callbacks.append(_dump_final(Path(options["--dump_dir"])))
     import pretrain
 
     pretrain.main(rest, callbacks=callbacks)

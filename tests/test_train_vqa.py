@@ -176,3 +176,20 @@ def test_training_unknown_answer_file_is_a_clear_error(corpus, tmp_path):
     with pytest.raises(DataError, match=r"ans2label file .*vocab\.json does not exist"):
         train_vqa.main(train_args(corpus, tmp_path / "run", ans2label=str(missing)))
     assert not (tmp_path / "run").exists()
+
+
+def test_score_counts_oov_and_target_only_questions_by_hand():
+    import inf_vqa
+
+    def row(label, labels, scores, answers):
+        return {"label": label, "target_labels": labels, "target_scores": scores, "answers": answers}
+
+    rows = [row(0, [0], [1.0], ["red"] * 10),          # right: 1.0
+            row(1, [1, 0], [0.6, 0.3], []),             # no strings (original db): soft score 0.6 only
+            row(2, [], [], ["purple"] * 10),            # every answer outside the vocabulary: 0
+            row(3, [], [], [])]                         # unannotated (test split): not scored
+    m = inf_vqa.score(rows, list(COLOURS), ANS2LABEL, bleu=False, majority="red")
+    assert m["n_questions"] == 3 and m["n_no_target"] == 1 and m["n_unannotated"] == 1
+    assert m["vqa_score"] == pytest.approx(100 * 1.6 / 3)
+    assert m["majority_vqa_score"] == pytest.approx(100 * 1.3 / 3)
+    assert m["accuracy"] == pytest.approx(50.0) and m["majority_accuracy"] == pytest.approx(50.0)

@@ -2,8 +2,8 @@
 and two paired sets, a tiny random XLM-R and a short Early Adaptation, built once per session).
 
 Covers: every task's validation loss falls; resume after a crash or a SIGKILL equals one uninterrupted run;
-two gloo ranks under torchrun agree, only rank 0 writes, and a killed 2-rank run resumes exactly; the run directory's files; original UC2
-configs with trailing commas through the command line.
+two gloo ranks under torchrun agree, only rank 0 writes, and a killed 2-rank run resumes exactly; the run
+directory's files; original UC2 configs with trailing commas through the command line.
 """
 from __future__ import annotations
 
@@ -92,7 +92,9 @@ def test_every_task_validation_loss_falls(demo, tmp_path):
     rose = {t: (before[f"{t}/loss"], after[f"{t}/loss"]) for t in losses
             if not after[f"{t}/loss"] < before[f"{t}/loss"]}
     assert not rose, f"validation loss did not fall (before, after): {rose}"
-    # The token objectives start near log(vocab) and must really learn, not just wobble.
+    # The token objectives start near log(vocab) and must really learn, not just wobble. ITM starts from
+    # random logits (loss about 0.9-1.2) and in 150 steps gets to about chance (ln 2), no further: matching
+    # needs more steps than a unit test affords, so only its fall is asserted.
     vocab = trainer.model.config.vocab_size
     for task in losses - {t for t in losses if t.startswith("itm")}:
         assert before[f"{task}/loss"] > 0.9 * math.log(vocab) and after[f"{task}/loss"] < before[f"{task}/loss"] - 0.5
@@ -259,7 +261,8 @@ def test_original_uc2_config_with_trailing_commas_runs(demo, tmp_path):
         in done.stderr
     hps = json.loads((out / "hps.json").read_text(encoding="utf-8"))
     assert hps["precision"] == "fp16" and hps["mask_prob"] == 0.2 and hps["gradient_accumulation_steps"] == 2
-    log = (out / "log.txt").read_text(encoding="utf-8")
     # vmlm / tlm are the original names of MRTM / VTLM
-    assert "mrtm_coco_en/loss=" in log and "validation at step 4:" in log
+    state = torch.load(out / "ckpt" / "train_state_step_4.pt", weights_only=True)
+    assert set(state["consumed"]) == {"itm_coco_en", "mlm_coco_en", "mrtm_coco_en", "vtlm_paired_en-de"}
+    assert "mrtm_coco_en/loss=" in (out / "log.txt").read_text(encoding="utf-8")
     assert (out / "model_final.pt").is_file()

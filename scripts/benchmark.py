@@ -6,8 +6,8 @@
 
 What it measures, all in the same process so that the ratios are comparable on a shared machine:
 
-* ``matmul_peak``: the best fp32 FLOP/s of a few large square matmuls, sampled at the start and again
-  before every phase (the peak is the best sample; each phase also keeps its own nearest sample);
+* ``matmul_peak``: the best fp32 FLOP/s of a few large square matmuls, sampled at the start and at the
+  start of every timing round (the peak is the best sample; ``local_peak`` the best one of the rounds);
 * per pretraining task: examples/s, tokens/s (real, unpadded positions), step time, FLOP/s and its
   fraction of the peak. A *step* is forward + backward (the loss of the task's own ``compute_loss``); the
   AdamW step is timed apart (``optimizer_step_s``) for every model alike, because its cost does not
@@ -23,7 +23,9 @@ What it measures, all in the same process so that the ratios are comparable on a
 FLOPs are measured, not guessed: ``torch.utils.flop_counter.FlopCounterMode`` counts the matmuls of one
 (untimed, warm-up) run of exactly the computation then timed; the CPU flash-attention kernels it does not
 know are counted with PyTorch's own SDPA formulas. Timings are the best of ``--steps`` runs (the median is
-reported too); the machine may be shared, so compare ratios within one run.
+reported too). The timed runs are interleaved: every round times one step of each task, one of the
+reference and one evaluation run, so that on a shared machine every phase sees the same mix of quiet and
+busy moments and the ratios between them hold; compare ratios within one run.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -303,24 +305,61 @@ def train_step_fn(model, loss_fn: Callable[[], torch.Tensor], precision: str, de
     return step
 
 
-def measure_step(step: Callable[[], float], steps: int, device: torch.device, peaks: PeakSampler,
-                 examples: int, tokens: int) -> dict[str, Any]:
-    """Count FLOPs on a warm-up step, then time ``steps`` steps next to a fresh matmul-peak sample."""
+@dataclass
+class Phase:
+    """One timed computation: a training step of a task or of the reference, or an evaluation run."""
+
+    name: str
+    run: Callable[[], Any]
+    examples: int
+    tokens: int
+    release: Callable[[], None] = lambda: None
+    """Called after every run, untimed (frees gradients so that several models fit side by side)."""
+    flops: int = 0
+    times: list[float] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def count_phase(phase: Phase, device: torch.device) -> None:
+    """The warm-up run of ``phase``, under FlopCounterMode; records FLOPs, loss and memory."""
     cuda_reset(device)
-    loss, flops = count_flops(step)
-    if not np.isfinite(loss):
-        raise RuntimeError(f"benchmark step produced a non-finite loss ({loss})")
-    peaks.sample()
-    report = rate_report(flops, time_runs(step, steps, device), examples, tokens)
-    report.update(local_peak=peaks.last, loss=loss, peak_rss_mb=peak_rss_mb(), cuda_max_allocated_mb=cuda_peak_mb(device))
-    return report
+    result, phase.flops = count_flops(phase.run)
+    phase.release()
+    finite = np.isfinite(result).all() if isinstance(result, np.ndarray) else np.isfinite(result)
+    if not finite:
+        raise RuntimeError(f"benchmark phase {phase.name}: non-finite result on the warm-up run")
+    if not isinstance(result, np.ndarray):
+        phase.info["loss"] = result
+    phase.info.update(peak_rss_mb=peak_rss_mb(), cuda_max_allocated_mb=cuda_peak_mb(device))
 
 
-def rate_report(flops: int, times: list[float], examples: int, tokens: int) -> dict[str, float]:
+def time_round_robin(phases: list[Phase], steps: int, device: torch.device, peaks: PeakSampler) -> None:
+    """``steps`` rounds, each a matmul-peak sample then one timed run of every phase.
+
+    Interleaving gives every phase the same share of a busy machine's quiet and loud moments, so the
+    ratios between phases (UC2 vs the reference, evaluation vs training) mean something.
+    """
+    for phase in phases:
+        log(f"warm-up and FLOP count: {phase.name}")
+        count_phase(phase, device)
+    first = len(peaks.samples)
+    for round_ in range(steps):
+        peaks.sample()
+        log(f"round {round_ + 1}/{steps}: {', '.join(p.name for p in phases)}")
+        for phase in phases:
+            phase.times += time_runs(phase.run, 1, device)
+            phase.release()
+    local = max(s["flops_per_s"] for s in peaks.samples[first:])
+    for phase in phases:
+        phase.info["local_peak"] = local
+
+
+def phase_report(phase: Phase) -> dict[str, Any]:
     """Throughputs from the best time (the median is kept to show the noise)."""
-    best = min(times)
-    return {"step_s": best, "step_s_median": statistics.median(times), "examples_per_s": examples / best,
-            "tokens_per_s": tokens / best, "flops_per_step": flops, "flops_per_s": flops / best}
+    best = min(phase.times)
+    return {"step_s": best, "step_s_median": statistics.median(phase.times),
+            "examples_per_s": phase.examples / best, "tokens_per_s": phase.tokens / best,
+            "flops_per_step": phase.flops, "flops_per_s": phase.flops / best, **phase.info}
 
 
 def measure_loading(task, load_batches: int) -> tuple[dict, dict[str, Any]]:
@@ -349,28 +388,20 @@ def measure_loading(task, load_batches: int) -> tuple[dict, dict[str, Any]]:
                    "batches_per_s": 1.0 / statistics.median(times), "example_peak_alloc_kb": example_peak / 1024}
 
 
-def bench_uc2_tasks(shape: BenchShape, names: list[str], paths: dict[str, Path], args, device: torch.device,
-                    peaks: PeakSampler) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Per task: loader throughput and a timed forward+backward of UC2ForPretraining; then one timed
-    AdamW step. Returns (per-task reports, optimizer report)."""
-    from model.model import UC2ForPretraining
-    from optim.adamw import param_groups
-
-    torch.manual_seed(0)
-    model = UC2ForPretraining(model_config(shape)).to(device).train()
-    results = {}
+def uc2_phases(model, shape: BenchShape, names: list[str], paths: dict[str, Path], args,
+               device: torch.device) -> list[Phase]:
+    """Per task: its loader measured on the bench corpus, and a Phase stepping its first batch."""
+    phases = []
     for name in names:
-        log(f"task {name}: loading, then {args.steps} timed steps")
+        log(f"task {name}: data loading")
         task = build_task(name, shape, paths, device, args.workers)
         batch, loading = measure_loading(task, args.load_batches)
         step = train_step_fn(model, lambda t=task, b=batch: t.compute_loss(model, b)[0], args.precision, device)
-        examples, tokens = int(batch["input_ids"].size(0)), int(batch["attn_masks"].sum())
-        report = measure_step(step, args.steps, device, peaks, examples, tokens)
-        loading["fraction_of_step"] = loading["load_s_per_batch"] / report["step_s"]
-        results[name] = {**report, "batch": examples, "seq_len": int(batch["attn_masks"].size(1)), "data": loading}
-    log("AdamW step")
-    optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 0.01), lr=1e-4, **_adamw_impl(device))
-    return results, time_optimizer(model, optimizer, device, args.steps)
+        phase = Phase(name, step, int(batch["input_ids"].size(0)), int(batch["attn_masks"].sum()),
+                      release=lambda: model.zero_grad(set_to_none=True))
+        phase.info.update(batch=phase.examples, seq_len=int(batch["attn_masks"].size(1)), data=loading)
+        phases.append(phase)
+    return phases
 
 
 def _adamw_impl(device: torch.device) -> dict[str, bool]:
@@ -379,12 +410,17 @@ def _adamw_impl(device: torch.device) -> dict[str, bool]:
 
 
 def time_optimizer(model, optimizer, device: torch.device, steps: int) -> dict[str, float]:
-    """Seconds of one AdamW step over every parameter (gradients filled with ones; one warm-up step)."""
+    """Seconds of one AdamW step over every parameter (gradients filled with ones; one warm-up step).
+
+    The moment buffers are dropped afterwards, so the next model has the memory.
+    """
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     optimizer.step()  # creates the moment buffers
     best = min(time_runs(optimizer.step, max(1, steps), device))
     n_params = sum(p.numel() for p in model.parameters())
+    optimizer.state.clear()
+    model.zero_grad(set_to_none=True)
     return {"optimizer_step_s": best, "parameters": n_params}
 
 
@@ -414,48 +450,61 @@ def hf_batch(shape: BenchShape, device: torch.device, mask_prob: float = 0.15, s
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def bench_hf(shape: BenchShape, args, device: torch.device, peaks: PeakSampler) -> dict[str, Any]:
-    """Forward + backward of HF XLM-R MaskedLM (loss over the labelled 15 %), then one AdamW step."""
-    log(f"Hugging Face XLM-R reference: {args.steps} timed steps")
-    torch.manual_seed(0)
-    model = hf_masked_lm(shape).to(device).train()
+def hf_phase(model, shape: BenchShape, args, device: torch.device) -> Phase:
+    """Forward + backward of HF XLM-R MaskedLM (loss over the labelled 15 %)."""
     batch = hf_batch(shape, device)
     step = train_step_fn(model, lambda: model(**batch).loss, args.precision, device)
-    report = measure_step(step, args.steps, device, peaks, shape.batch, int(batch["attention_mask"].sum()))
-    report.update(batch=shape.batch, seq_len=int(batch["input_ids"].size(1)))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, **_adamw_impl(device))
-    report.update(time_optimizer(model, optimizer, device, args.steps))
-    return report
+    phase = Phase("hf_xlmr_mlm", step, shape.batch, int(batch["attention_mask"].sum()),
+                  release=lambda: model.zero_grad(set_to_none=True))
+    phase.info.update(batch=shape.batch, seq_len=int(batch["input_ids"].size(1)))
+    return phase
 
 
-def bench_eval(shape: BenchShape, args, device: torch.device, peaks: PeakSampler) -> dict[str, Any]:
-    """Pairs/s of utils.itm_eval.score_matrix (cross-encoder scoring, default blocks) at ``shape``."""
-    from model.model import UC2ForImageTextRetrieval
+def eval_phase(model, shape: BenchShape, args) -> Phase:
+    """utils.itm_eval.score_matrix (cross-encoder scoring, default blocks) on a synthetic set at ``shape``."""
     from utils.itm_eval import ScoreSettings, encoder_flops_per_pair, score_matrix, synthetic_set
 
-    log(f"evaluation: {shape.eval_captions} x {shape.eval_images} pairs, {args.steps} timed runs")
-    torch.manual_seed(0)
-    config = model_config(shape)
-    # No parameter needs a gradient here; frozen, views of weights taken under no_grad (the image type row)
-    # do not look like autograd leaves to FlopCounterMode's module tracker.
-    model = UC2ForImageTextRetrieval(config).to(device).eval().requires_grad_(False)
     dataset = synthetic_set(shape.eval_captions, shape.eval_images, shape.txt_tokens + 2, shape.regions,
                             shape.img_dim, vocab_size=shape.vocab)
     settings = ScoreSettings(head="rank", precision=args.precision)
     pairs = shape.eval_captions * shape.eval_images
-    cuda_reset(device)
-    scores, flops = count_flops(lambda: score_matrix(model, dataset, settings))
-    if not np.isfinite(scores).all():
-        raise RuntimeError("evaluation scores are not finite")
-    peaks.sample()
-    times = time_runs(lambda: score_matrix(model, dataset, settings), args.steps, device)
-    best = min(times)
-    return {"pairs": pairs, "txt_block": settings.txt_block, "img_block": settings.img_block,
-            "eval_s": best, "eval_s_median": statistics.median(times), "pairs_per_s": pairs / best,
-            "flops": flops, "flops_analytic": pairs * encoder_flops_per_pair(config, shape.txt_tokens + 2,
-                                                                             shape.regions),
-            "flops_per_s": flops / best, "local_peak": peaks.last, "peak_rss_mb": peak_rss_mb(),
-            "cuda_max_allocated_mb": cuda_peak_mb(device)}
+    phase = Phase("evaluation", lambda: score_matrix(model, dataset, settings), pairs,
+                  pairs * (shape.txt_tokens + 2 + shape.regions))
+    phase.info.update(pairs=pairs, txt_block=settings.txt_block, img_block=settings.img_block,
+                      flops_analytic=pairs * encoder_flops_per_pair(model.config, shape.txt_tokens + 2,
+                                                                    shape.regions))
+    return phase
+
+
+def bench_models(shape: BenchShape, paths: dict[str, Path], args, device: torch.device,
+                 peaks: PeakSampler) -> dict[str, Any]:
+    """Build the three models, time all phases round-robin, then each model's AdamW step."""
+    from model.model import UC2ForImageTextRetrieval, UC2ForPretraining
+    from optim.adamw import param_groups
+
+    torch.manual_seed(0)
+    uc2 = UC2ForPretraining(model_config(shape)).to(device).train()
+    hf = hf_masked_lm(shape).to(device).train()
+    # No parameter needs a gradient in evaluation; frozen, views of weights taken under no_grad (the image
+    # type row) do not look like autograd leaves to FlopCounterMode's module tracker.
+    scorer = UC2ForImageTextRetrieval(model_config(shape)).to(device).eval().requires_grad_(False)
+    tasks = uc2_phases(uc2, shape, args.task_list, paths, args, device)
+    phases = [*tasks, hf_phase(hf, shape, args, device), eval_phase(scorer, shape, args)]
+    time_round_robin(phases, args.steps, device, peaks)
+    reports = {p.name: phase_report(p) for p in phases}
+    for name in args.task_list:
+        data = reports[name]["data"]
+        data["fraction_of_step"] = data["load_s_per_batch"] / reports[name]["step_s"]
+    log("AdamW steps")
+    hf_report = reports.pop("hf_xlmr_mlm")
+    hf_report.update(time_optimizer(hf, torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=0.01,
+                                                          **_adamw_impl(device)), device, args.steps))
+    optimizer = torch.optim.AdamW(param_groups(uc2, 1e-4, 0.01), lr=1e-4, **_adamw_impl(device))
+    evaluation = reports.pop("evaluation")
+    evaluation.update(pairs_per_s=evaluation.pop("examples_per_s"), eval_s=evaluation.pop("step_s"),
+                      eval_s_median=evaluation.pop("step_s_median"), flops=evaluation.pop("flops_per_step"))
+    return {"tasks": reports, "hf_reference": hf_report, "evaluation": evaluation,
+            "optimizer": time_optimizer(uc2, optimizer, device, args.steps)}
 
 
 _IMPORT_PROBE = """
@@ -502,17 +551,26 @@ def add_fractions(report: dict[str, Any], peak: float) -> None:
 
 def add_checks(report: dict[str, Any], min_fraction: float = 0.5, max_data: float = 0.10,
                max_import_mb: float = 200.0) -> None:
-    """The issue's requirements as booleans (with the numbers they compare)."""
+    """The issue's requirements as booleans (with the numbers they compare).
+
+    Every task's step must reach ``min_fraction`` of the peak; evaluation is compared with the best task
+    (the strictest reading of "at least the training step's fraction").
+    """
     tasks = report["tasks"]
     train_min = min(t["fraction_of_peak"] for t in tasks.values())
     train_max = max(t["fraction_of_peak"] for t in tasks.values())
     data_max = max(t["data"]["fraction_of_step"] for t in tasks.values())
     eval_fraction = report["evaluation"]["fraction_of_peak"]
     report["checks"] = {
-        "train_fraction_min": train_min, "train_step_reaches_min_fraction": train_min >= min_fraction,
+        "train_fraction_min": train_min, "train_fraction_max": train_max,
+        "train_step_reaches_min_fraction": train_min >= min_fraction,
         "min_fraction": min_fraction, "hf_fraction": report["hf_reference"]["fraction_of_peak"],
         "data_fraction_max": data_max, "data_loading_under_max": data_max < max_data, "max_data": max_data,
         "eval_fraction": eval_fraction, "eval_reaches_train_fraction": eval_fraction >= train_max,
+        # The same against the matmul sample taken next to each phase (less sensitive to a busy machine).
+        "train_local_fraction_min": min(t["fraction_of_local_peak"] for t in tasks.values()),
+        "hf_local_fraction": report["hf_reference"]["fraction_of_local_peak"],
+        "eval_local_fraction": report["evaluation"]["fraction_of_local_peak"],
         "import_project_rss_mb": report["imports"]["project_rss_mb"],
         "import_small": report["imports"]["project_rss_mb"] < max_import_mb,
     }
@@ -602,12 +660,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="uc2-bench-") as tmp:
         paths = write_bench_data(Path(tmp), shape)
         wall["write_data"] = time.perf_counter() - start - sum(wall.values())
-        report["tasks"], report["optimizer"] = bench_uc2_tasks(shape, args.task_list, paths, args, device, peaks)
-    wall["tasks"] = time.perf_counter() - start - sum(wall.values())
-    report["hf_reference"] = bench_hf(shape, args, device, peaks)
-    wall["hf_reference"] = time.perf_counter() - start - sum(wall.values())
-    report["evaluation"] = bench_eval(shape, args, device, peaks)
-    wall["evaluation"] = time.perf_counter() - start - sum(wall.values())
+        report.update(bench_models(shape, paths, args, device, peaks))
+    wall["models"] = time.perf_counter() - start - sum(wall.values())
     report["matmul_peak"] = {"flops_per_s": peaks.best, "samples": peaks.samples}
     report["memory"] = {"peak_rss_mb": peak_rss_mb(), "cuda_max_allocated_mb": cuda_peak_mb(device)}
     add_fractions(report, peaks.best)

@@ -11,6 +11,7 @@ Paths: everything goes under ``--demo_dir`` (default ``<repo>/demo_run``), expor
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -67,7 +68,53 @@ def stages() -> list[Stage]:
         Stage("pretraining (MLM + ITM + MRTM + VTLM)",
               lambda p: _py(str(REPO_ROOT / "pretrain.py"), "--config", str(REPO_ROOT / "config" / "demo_pretrain.json")),
               lambda p: p.demo_dir / "pretrain" / "model_final.pt"),
+        Stage("no-pretraining baseline weights (XLM-R stand-in + EA)",
+              lambda p: _py(str(REPO_ROOT / "scripts" / "xlmr_to_uc2.py"), "--xlmr", str(p.demo_dir / "xlmr"),
+                            "--img_db", str(p.data / "img_db" / "demo_imgs"), "--min_bb", "3",
+                            "--early_adaptation", str(p.demo_dir / "early_adaptation.pt"),
+                            "--out", str(p.demo_dir / "nopt")),
+              lambda p: p.demo_dir / "nopt" / "model_final.pt"),
+        *[stage for setting in ("en_only", "all_lang") for stage in _retrieval_stages(setting)],
+        *[stage for lang in ("en", "ja") for stage in _vqa_stages(lang)],
     ]
+
+
+def _baseline_overrides(p: DemoPaths, run: str) -> list[str]:
+    """Fine-tune from the XLM-R stand-in (no vision-language pretraining) into ``run``."""
+    return ["--checkpoint", str(p.demo_dir / "nopt" / "model_final.pt"),
+            "--model_config", str(p.demo_dir / "nopt" / "model.json"), "--output_dir", str(p.demo_dir / run)]
+
+
+def _retrieval_stages(setting: str) -> list[Stage]:
+    config = str(REPO_ROOT / "config" / f"itm_demo_{setting}.json")
+    return [
+        Stage(f"retrieval fine-tuning, {setting}",
+              lambda p: _py(str(REPO_ROOT / "train_itm.py"), "--config", config),
+              lambda p: p.demo_dir / f"itm_{setting}" / "results" / "results.json"),
+        Stage(f"retrieval fine-tuning, {setting}, no pretraining",
+              lambda p: _py(str(REPO_ROOT / "train_itm.py"), "--config", config,
+                            *_baseline_overrides(p, f"itm_{setting}_nopt")),
+              lambda p: p.demo_dir / f"itm_{setting}_nopt" / "results" / "results.json"),
+    ]
+
+
+def _vqa_stages(lang: str) -> list[Stage]:
+    config = str(REPO_ROOT / "config" / f"vqa_demo_{lang}.json")
+    stages = []
+    for run, extra in ((f"vqa_{lang}", lambda p: []), (f"vqa_{lang}_nopt", lambda p, r=f"vqa_{lang}_nopt": _baseline_overrides(p, r))):
+        label = "" if run.endswith(lang) else ", no pretraining"
+        stages += [
+            Stage(f"VQA fine-tuning, {lang}{label}",
+                  lambda p, extra=extra: _py(str(REPO_ROOT / "train_vqa.py"), "--config", config, *extra(p)),
+                  lambda p, run=run: p.demo_dir / run / "ckpt" / "model_best.pt"),
+            Stage(f"VQA test inference, {lang}{label}",
+                  lambda p, run=run: _py(str(REPO_ROOT / "inf_vqa.py"), "--run_dir", str(p.demo_dir / run),
+                                         "--txt_db", str(p.data / "txt_db" / f"vqa_{lang}_test.db"),
+                                         "--output", str(p.demo_dir / run / "test.json"),
+                                         "--setting", "UC2 fine-tuned" if not label else "no pretraining"),
+                  lambda p, run=run: p.demo_dir / run / "test.scores.json"),
+        ]
+    return stages
 
 
 def run_stage(stage: Stage, paths: DemoPaths, env: dict[str, str], force: bool) -> float:
@@ -96,10 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(paths.demo_dir)
     paths.demo_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, UC2_DEMO_DIR=str(paths.demo_dir), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    total = 0.0
+    times: dict[str, float] = {}
     for stage in stages():
-        total += run_stage(stage, paths, env, args.force)
-    print(f"[demo] all stages done in {total:.0f}s; outputs under {paths.demo_dir}", flush=True)
+        times[stage.name] = run_stage(stage, paths, env, args.force)
+    paths.results.mkdir(parents=True, exist_ok=True)
+    times_file = paths.results / "stage_times.json"
+    times_file.write_text(json.dumps(times, indent=1), encoding="utf-8")
+    subprocess.run(_py(str(REPO_ROOT / "scripts" / "demo_report.py"), "--demo_dir", str(paths.demo_dir),
+                       "--out", str(paths.results), "--times", str(times_file)), env=env, cwd=REPO_ROOT, check=True)
+    print(f"[demo] all stages done in {sum(times.values()):.0f}s; report: {paths.results / 'report.md'}", flush=True)
     return 0
 
 

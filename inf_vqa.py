@@ -236,7 +236,6 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as err:  # ConfigError / DataError name the file and key
-        sys.exit(f"error: {err}")
+    from utils.setup import run_cli
+
+    run_cli(main)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,8 +24,8 @@ from data.tasks.vqa import build_vqa_task, load_label2ans
 from model.config import UC2ModelConfig
 from model.model import UC2ForVQA
 from utils import distributed as du
-from utils.checkpoint import atomic_write_json
-from utils.config import ConfigError, parse_args_and_config
+from utils.checkpoint import atomic_write_json, check_run_dir
+from utils.config import ConfigError, parse_args_and_config, to_dict
 from utils.setup import init_weights, pick_device, resolve_model_config, start_run
 from utils.trainer import Trainer
 from utils.vqa_config import VQA_TASK_NAME, VQAConfig
@@ -88,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         task = build_vqa_task(cfg, label2ans, info.rank, info.world_size, device)
         model, model_config = build_model(cfg, len(label2ans), task.train_data.source.parts[0][1])
         if du.is_main():
+            # Refuse a directory holding another run before writing anything into it.
+            check_run_dir(cfg.output_dir, to_dict(cfg), resuming=cfg.resume != "none")
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
             store_vocab(cfg.output_dir, label2ans)
             store_majority(cfg.output_dir, task)
@@ -101,7 +102,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ValueError as err:  # ConfigError / DataError name the file and key
-        sys.exit(f"error: {err}")
+    from utils.setup import run_cli
+
+    run_cli(main)

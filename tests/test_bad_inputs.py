@@ -783,9 +783,6 @@ def test_run_dir_with_truncated_train_state_is_refused(finished_run, tmp_path):
     assert "after the failed resume" not in (run / "log.txt").read_text(encoding="utf-8")
 
 
-@pytest.mark.xfail(strict=True, reason="train_vqa.main writes ans2label.json, label2ans.json and "
-                   "majority_answer.json into output_dir before the Trainer checks that the directory holds "
-                   "another run; the check must come first")
 def test_train_vqa_into_a_pretraining_run_dir_is_refused_untouched(root, tmp_path):
     """train_vqa.py pointed at a directory holding another run (here the setup's pretraining run)."""
     run = tmp_path / "pretrain_copy"

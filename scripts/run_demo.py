@@ -33,10 +33,31 @@ class Stage:
     done_marker: Callable[["DemoPaths"], Path]
 
 
+#: Step budgets. "quick" (the default, about 15 minutes on 2 CPU cores) runs every stage with short
+#: schedules; "full" uses the configs as shipped (the schedules under which the demo model measurably
+#: grounds words in regions: VQA starts to use the image after ~2500 steps; about an hour or more).
+PROFILES: dict[str, dict[str, list[str]]] = {
+    "quick": {
+        "corpus": ["--n_val", "50", "--n_test", "50"],
+        "pretrain": ["--num_train_steps", "400", "--warmup_steps", "40", "--valid_steps", "200",
+                     "--save_steps", "200"],
+        "itm": ["--num_train_steps", "300", "--warmup_steps", "30", "--valid_steps", "0", "--save_steps", "300"],
+        "vqa": ["--num_train_steps", "1000", "--warmup_steps", "100", "--valid_steps", "500",
+                "--save_steps", "500"],
+    },
+    "full": {"corpus": [], "pretrain": [], "itm": [], "vqa": []},
+}
+
+
 @dataclass
 class DemoPaths:
     demo_dir: Path
     results: Path
+    profile: str = "quick"
+
+    def extra(self, kind: str) -> list[str]:
+        """Command-line overrides of this profile for one kind of stage."""
+        return PROFILES[self.profile][kind]
 
     @property
     def data(self) -> Path:
@@ -52,7 +73,8 @@ def stages() -> list[Stage]:
     langs = ["en", "de", "fr", "cs", "ja", "zh"]
     return [
         Stage("build demo corpus",
-              lambda p: _py(str(REPO_ROOT / "scripts" / "make_demo_data.py"), "--out", str(p.data), "--force"),
+              lambda p: _py(str(REPO_ROOT / "scripts" / "make_demo_data.py"), "--out", str(p.data), "--force",
+                            *p.extra("corpus")),
               lambda p: p.data / "stats.json"),
         Stage("text-only XLM-R stand-in",
               lambda p: _py(str(REPO_ROOT / "scripts" / "make_tiny_xlmr.py"), "--tokenizer", str(p.data / "tokenizer"),
@@ -66,7 +88,8 @@ def stages() -> list[Stage]:
                             "--regions_per_batch", "512", "--min_bb", "3"),
               lambda p: p.demo_dir / "early_adaptation.pt"),
         Stage("pretraining (MLM + ITM + MRTM + VTLM)",
-              lambda p: _py(str(REPO_ROOT / "pretrain.py"), "--config", str(REPO_ROOT / "config" / "demo_pretrain.json")),
+              lambda p: _py(str(REPO_ROOT / "pretrain.py"), "--config", str(REPO_ROOT / "config" / "demo_pretrain.json"),
+                            *p.extra("pretrain")),
               lambda p: p.demo_dir / "pretrain" / "model_final.pt"),
         Stage("no-pretraining baseline weights (XLM-R stand-in + EA)",
               lambda p: _py(str(REPO_ROOT / "scripts" / "xlmr_to_uc2.py"), "--xlmr", str(p.demo_dir / "xlmr"),
@@ -89,10 +112,10 @@ def _retrieval_stages(setting: str) -> list[Stage]:
     config = str(REPO_ROOT / "config" / f"itm_demo_{setting}.json")
     return [
         Stage(f"retrieval fine-tuning, {setting}",
-              lambda p: _py(str(REPO_ROOT / "train_itm.py"), "--config", config),
+              lambda p: _py(str(REPO_ROOT / "train_itm.py"), "--config", config, *p.extra("itm")),
               lambda p: p.demo_dir / f"itm_{setting}" / "results" / "results.json"),
         Stage(f"retrieval fine-tuning, {setting}, no pretraining",
-              lambda p: _py(str(REPO_ROOT / "train_itm.py"), "--config", config,
+              lambda p: _py(str(REPO_ROOT / "train_itm.py"), "--config", config, *p.extra("itm"),
                             *_baseline_overrides(p, f"itm_{setting}_nopt")),
               lambda p: p.demo_dir / f"itm_{setting}_nopt" / "results" / "results.json"),
     ]
@@ -105,12 +128,14 @@ def _vqa_stages(lang: str) -> list[Stage]:
         label = "" if run.endswith(lang) else ", no pretraining"
         stages += [
             Stage(f"VQA fine-tuning, {lang}{label}",
-                  lambda p, extra=extra: _py(str(REPO_ROOT / "train_vqa.py"), "--config", config, *extra(p)),
+                  lambda p, extra=extra: _py(str(REPO_ROOT / "train_vqa.py"), "--config", config,
+                                             *p.extra("vqa"), *extra(p)),
                   lambda p, run=run: p.demo_dir / run / "ckpt" / "model_best.pt"),
             Stage(f"VQA test inference, {lang}{label}",
                   lambda p, run=run: _py(str(REPO_ROOT / "inf_vqa.py"), "--run_dir", str(p.demo_dir / run),
                                          "--txt_db", str(p.data / "txt_db" / f"vqa_{lang}_test.db"),
                                          "--output", str(p.demo_dir / run / "test.json"),
+                                         "--dataset", "demo",
                                          "--setting", "UC2 fine-tuned" if not label else "no pretraining"),
                   lambda p, run=run: p.demo_dir / run / "test.scores.json"),
         ]
@@ -137,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo_dir", type=Path, default=REPO_ROOT / "demo_run")
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "results" / "demo")
     parser.add_argument("--force", action="store_true", help="redo every stage")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
+                        help="quick: short schedules, ~15 min on 2 cores (default); full: the shipped configs")
     args = parser.parse_args(argv)
-    paths = DemoPaths(args.demo_dir.resolve(), args.results.resolve())
+    paths = DemoPaths(args.demo_dir.resolve(), args.results.resolve(), args.profile)
     if args.force and paths.demo_dir.exists():
         shutil.rmtree(paths.demo_dir)
     paths.demo_dir.mkdir(parents=True, exist_ok=True)

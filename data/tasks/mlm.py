@@ -88,21 +88,11 @@ def token_eval_stats(model, batch: dict) -> dict[str, float]:
     return {"loss": loss.item(), "n": float(labels.numel()), "correct": correct.item()}
 
 
-@register_task("mlm")
-class MlmObjective(Objective):
-    """Tokens masked with p = mask_prob (80/10/10, at least one); images unmasked; CE on the targets."""
+class TokenPredictionObjective(Objective):
+    """Shared by MLM and VTLM: examples carry ``txt_labels`` (-1 = not a target); the shared MLM head
+    predicts the masked tokens; cross-entropy and accuracy over the targets."""
 
     stat_keys = ("loss", "n", "correct")
-
-    def build_example(self, source: ExampleSource, index: int, rng: np.random.Generator) -> dict:
-        record = source.text(index)
-        if len(record.fields["input_ids"]) == 0:
-            raise DataError(f"txt_db example {record.txt_id}: empty input_ids, MLM needs at least one token")
-        masked, labels = mask_tokens(record.fields["input_ids"], self.settings.mask_prob, record.meta, rng)
-        example = text_example(wrap_text(masked.tolist(), record.meta),
-                               source.image(record.part, record.fields["img_fname"]))
-        example["txt_labels"] = wrapped_labels(labels)
-        return example
 
     def collate(self, examples: list[dict]) -> dict:
         batch = collate_backbone(examples)
@@ -114,3 +104,18 @@ class MlmObjective(Objective):
 
     def eval_stats(self, model, batch: dict) -> dict[str, float]:
         return token_eval_stats(model, batch)
+
+
+@register_task("mlm")
+class MlmObjective(TokenPredictionObjective):
+    """Tokens masked with p = mask_prob (80/10/10, at least one); images unmasked; CE on the targets."""
+
+    def build_example(self, source: ExampleSource, index: int, rng: np.random.Generator) -> dict:
+        record = source.text(index)
+        if len(record.fields["input_ids"]) == 0:
+            raise DataError(f"txt_db example {record.txt_id}: empty input_ids, MLM needs at least one token")
+        masked, labels = mask_tokens(record.fields["input_ids"], self.settings.mask_prob, record.meta, rng)
+        example = text_example(wrap_text(masked.tolist(), record.meta),
+                               source.image(record.part, record.fields["img_fname"]))
+        example["txt_labels"] = wrapped_labels(labels)
+        return example

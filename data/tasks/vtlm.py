@@ -11,10 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data.collate import collate_backbone, pad_labels
 from data.errors import DataError
-from data.tasks.base import ExampleSource, Objective, ObjectiveSettings, text_example
-from data.tasks.mlm import apply_actions, draw_actions, mask_tokens, token_eval_stats, token_loss_and_stats
+from data.tasks.base import ExampleSource, ObjectiveSettings, text_example
+from data.tasks.mlm import TokenPredictionObjective, apply_actions, draw_actions, mask_tokens
 from data.tasks.registry import register_task
 from utils.config import ConfigError
 
@@ -82,10 +81,8 @@ def paired_input(masked1: np.ndarray, masked2: np.ndarray, labels1: np.ndarray, 
 
 
 @register_task("vtlm", aliases=("tlm",))
-class VtlmObjective(Objective):
+class VtlmObjective(TokenPredictionObjective):
     """Co-masked (or, in "mix" mode, half independently masked) paired captions; CE on both sides."""
-
-    stat_keys = ("loss", "n", "correct")
 
     def __init__(self, settings: ObjectiveSettings):
         if settings.vtlm_mask_mode not in MASK_MODES:
@@ -113,14 +110,3 @@ class VtlmObjective(Objective):
         example = text_example(ids, source.image(record.part, record.fields["img_fname"]), restart_at=restart)
         example["txt_labels"] = labels
         return example
-
-    def collate(self, examples: list[dict]) -> dict:
-        batch = collate_backbone(examples)
-        batch["txt_labels"] = pad_labels([ex["txt_labels"] for ex in examples])  # (B, Lt)
-        return batch
-
-    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        return token_loss_and_stats(model, batch)
-
-    def eval_stats(self, model, batch: dict) -> dict[str, float]:
-        return token_eval_stats(model, batch)

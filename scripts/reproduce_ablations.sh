@@ -285,9 +285,11 @@ PY
 }
 
 # The inputs config/demo_pretrain.json names besides the run itself, as scripts/run_demo.py makes them.
+# Every variant starts from the demo's shared English-ITM warm-up (see README: without it a tiny model
+# from the monolingual stand-in stays on the ITM plateau), so the variants differ only in the mix after it.
 prepare_demo() {
     local marker
-    for marker in data/stats.json xlmr/config.json early_adaptation.pt; do
+    for marker in data/stats.json xlmr/config.json early_adaptation.pt pretrain_warmup/model_final.pt; do
         if [ ! -e "$UC2_DEMO_DIR/$marker" ]; then
             run "demo (prepares the inputs; $marker missing)" "$PYTHON" "$REPO/scripts/run_demo.py" \
                 --demo_dir "$UC2_DEMO_DIR"
@@ -310,6 +312,7 @@ run_one() {
         run "$variant seed $seed: pretrain" "$PYTHON" "$REPO/pretrain.py" --config "$PRETRAIN_CONFIG" \
             --output_dir "$pre" --seed "$seed" --num_train_steps "$PRETRAIN_STEPS" \
             --warmup_steps "$((PRETRAIN_STEPS / 10))" --save_steps "$PRETRAIN_STEPS" --valid_steps 0 \
+            --checkpoint "$UC2_DEMO_DIR/pretrain_warmup/model_final.pt" --early_adaptation null \
             "${task_args[@]}"
     fi
     lines=$(helper testsets "$REPO/config/itm_demo_all_lang.json" "$EVAL_LANGS")

@@ -11,7 +11,6 @@ then evaluates the best weights on ``test_datasets`` and writes ``results.md``/`
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -23,11 +22,12 @@ from data.tasks.retrieval import PairSource, RankSettings, RetrievalTask
 from data.txt_db import TxtDb
 from model.config import UC2ModelConfig
 from model.model import UC2ForImageTextRetrieval
-from model.weights import load_uc2_checkpoint, read_state_file
+from model.weights import read_state_file
 from utils import distributed as du
 from utils import itm_eval
 from utils.config import parse_args_and_config
 from utils.itm_config import RetrievalConfig
+from utils.setup import init_weights, resolve_model_config
 from utils.trainer import Trainer
 
 LOG = logging.getLogger("train_itm")
@@ -40,13 +40,14 @@ def img_rule(cfg) -> dict:
 
 
 def build_model(cfg: RetrievalConfig) -> tuple[UC2ForImageTextRetrieval, UC2ModelConfig]:
-    """Retrieval model with the run's dropout, initialised from ``cfg.checkpoint`` when given."""
-    mconf = UC2ModelConfig.from_json(cfg.model_config) if cfg.model_config else UC2ModelConfig()
-    mconf = dataclasses.replace(mconf, hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
+    """Retrieval model shaped like every other script's (utils.setup: model_config, feature width from the
+    first training image db, the run's dropout), initialised from ``cfg.checkpoint`` when given."""
+    first = cfg.train_datasets[0]
+    img_db = ImgDb(first.img_db, **img_rule(cfg))
+    mconf = resolve_model_config(cfg, img_db.feat_dim, img_db.label_dim)
     torch.manual_seed(cfg.seed)
     model = UC2ForImageTextRetrieval(mconf)
-    if cfg.checkpoint:
-        LOG.info(load_uc2_checkpoint(model, cfg.checkpoint).summary())
+    init_weights(model, cfg)
     return model, mconf
 
 

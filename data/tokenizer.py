@@ -210,7 +210,7 @@ def load_tokenizer(path: str | os.PathLike) -> UC2Tokenizer:
     return _load_cached(str(Path(path).expanduser().resolve()))
 
 
-def _train_spm_bytes(texts: Iterable[str], vocab_size: int, seed: int) -> bytes:
+def _train_spm_bytes(texts: Iterable[str], vocab_size: int, seed: int, word_delimiter: str | None = None) -> bytes:
     """Train a Unigram SentencePiece model in memory; returns the serialized model."""
     import sentencepiece as spm
 
@@ -221,7 +221,8 @@ def _train_spm_bytes(texts: Iterable[str], vocab_size: int, seed: int) -> bytes:
         sentence_iterator=iter(t for t in texts if t.strip()), model_writer=buf,
         vocab_size=vocab_size, model_type="unigram", character_coverage=1.0,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1,  # HF adds <pad> and the +1 offset: XLM-R's fairseq layout
-        hard_vocab_limit=False, num_threads=1, minloglevel=2)
+        hard_vocab_limit=False, num_threads=1, minloglevel=2,
+        **({"pretokenization_delimiter": word_delimiter} if word_delimiter else {}))
     return buf.getvalue()
 
 
@@ -241,12 +242,14 @@ def _verify_trained(directory: Path, model_bytes: bytes, probe: Sequence[str]) -
 
 
 def train_sentencepiece_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int,
-                                  seed: int = 0, overwrite: bool = False) -> Path:
+                                  seed: int = 0, overwrite: bool = False, word_delimiter: str | None = None) -> Path:
     """Train a small XLM-R-layout tokenizer (Unigram, full character coverage so ja/zh work).
 
     Writes ``sentencepiece.bpe.model`` plus the HF files (``tokenizer.json``, ``tokenizer_config.json``) into
     ``out_dir`` atomically. ``vocab_size`` is the SentencePiece size (a soft limit: small corpora give fewer);
     the final vocabulary has two more ids (``<pad>``, ``<mask>``). Deterministic for the same input.
+    ``word_delimiter``: a character that marks word boundaries in ``texts`` (for text written without spaces);
+    no piece spans it and it is removed before training, so it never appears in the vocabulary.
     Returns the output directory.
     """
     from transformers import XLMRobertaTokenizer
@@ -258,7 +261,7 @@ def train_sentencepiece_tokenizer(texts: Iterable[str], out_dir: str | os.PathLi
     if not any(t.strip() for t in texts):
         raise DataError(f"no non-empty text to train the tokenizer in {out} on")
     try:
-        model_bytes = _train_spm_bytes(texts, vocab_size, seed)
+        model_bytes = _train_spm_bytes(texts, vocab_size, seed, word_delimiter)
     except RuntimeError as err:  # sentencepiece reports bad settings (e.g. vocab below the alphabet) this way
         raise DataError(f"SentencePiece training for {out} failed: {err}") from err
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
@@ -268,7 +271,8 @@ def train_sentencepiece_tokenizer(texts: Iterable[str], out_dir: str | os.PathLi
         (tmp / SPM_FILE).write_bytes(model_bytes)
         hf = XLMRobertaTokenizer.from_pretrained(str(tmp), local_files_only=True, model_max_length=_MAX_LEN)
         hf.save_pretrained(str(tmp))
-        _verify_trained(tmp, model_bytes, texts[:20])
+        probe = [t.replace(word_delimiter, "") if word_delimiter else t for t in texts[:20]]
+        _verify_trained(tmp, model_bytes, probe)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -30,11 +30,11 @@ if __name__ == "__main__":  # run as a script from any cwd: make the repository'
         sys.path.insert(0, _ROOT)
 
 from data.demo import lexicon as lx  # noqa: E402
-from data.demo.raw import IMG_SET, SPLITS, DemoConfig, corpus_texts, write_raw  # noqa: E402
+from data.demo.raw import IMG_SET, SPLITS, WORD_DELIMITER, DemoConfig, corpus_texts, write_raw  # noqa: E402
 from data.demo.stats import format_stats, summarize_counts, vqa_answer_stats  # noqa: E402
 from data.errors import DataError  # noqa: E402
 
-DEFAULT_VOCAB_SIZE = 1000  # SentencePiece soft limit; the demo text supports roughly this many pieces
+DEFAULT_VOCAB_SIZE = 1000  # SentencePiece soft limit; with word boundaries marked the demo text gives ~500
 DEFAULT_BOX_RULE = {"conf_th": 0.2, "max_bb": 100, "min_bb": 3}
 
 
@@ -182,7 +182,8 @@ def build_demo_corpus(out_dir: str | os.PathLike, seed: int = 42, n_train: int =
     tmp.mkdir(parents=True)
     try:
         raw_stats = write_raw(tmp / "raw", cfg, progress)
-        tok = train_sentencepiece_tokenizer(corpus_texts(tmp / "raw"), tmp / "tokenizer", vocab_size, seed=seed)
+        tok = train_sentencepiece_tokenizer(corpus_texts(tmp / "raw"), tmp / "tokenizer", vocab_size, seed=seed,
+                                            word_delimiter=WORD_DELIMITER)
         img_db = Path(_build_images(tmp, rule, progress)["db_dir"]).parent
         (tmp / "txt_db").mkdir()
         _build_captions(tmp / "raw", tmp / "txt_db", tok, img_db, progress)

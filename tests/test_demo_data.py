@@ -248,6 +248,28 @@ def test_built_databases_read_back_and_match_stats(built):
     assert db.meta["tokenizer"] == str(out / "tokenizer")
 
 
+def test_ja_zh_text_is_tokenised_into_word_pieces(built):
+    """No piece spans a word (the tokenizer is trained with the words marked): an unsegmented caption or
+    question gives exactly the ids of its words, which is also what the segmented paired text gives."""
+    from data.demo.raw import WORD_DELIMITER
+    from data.tokenizer import load_tokenizer
+
+    out, _, _ = built
+    tok = load_tokenizer(out / "tokenizer")
+    assert not any(WORD_DELIMITER in piece for piece in tok.hf.get_vocab())
+    checked = Counter()
+    for name in ("captions_train.jsonl", "vqa_train_ja.jsonl"):
+        for row in _jsonl(out / "raw" / name):
+            if row["lang"] not in lx.NO_SPACE_LANGS:
+                assert "words" not in row
+                continue
+            text = row.get("caption", row.get("question"))
+            assert row["words"].replace(" ", "") == text
+            assert tok.encode(text) == tok.encode_words(row["words"].split(), row["lang"])[0], text
+            checked[row["lang"]] += 1
+    assert checked["ja"] > 48 and checked["zh"] == 48
+
+
 def test_built_paired_and_vqa_dbs(built):
     from data.txt_db import TxtDb
 

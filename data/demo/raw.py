@@ -4,9 +4,11 @@ Layout under ``raw_dir`` (what a user with real data would hold before preproces
 
     npz/demo_imgs/demo_imgs_000000.npz ...    float32 features (n, D), norm_bb (n, 6), conf (n, 1),
                                               soft_labels (n, C+1), image_h, image_w
-    captions_{split}.jsonl                    {id, img_fname, lang, caption}
+    captions_{split}.jsonl                    {id, img_fname, lang, caption}; ja/zh rows also carry ``words``
+                                              (the caption segmented by spaces, for the tokenizer)
     paired_{split}_en-{x}.jsonl + .align      {id, img_fname, lang1, lang2, caption1, caption2}; Pharaoh lines
-    vqa_{split}_{lang}.jsonl                  {question_id, img_fname, lang, question, qtype, answers[10]}
+    vqa_{split}_{lang}.jsonl                  {question_id, img_fname, lang, question, qtype, answers[10]};
+                                              ja rows also carry ``words`` (the question segmented)
     scenes_{split}.jsonl                      ground truth per image (objects), for tests and inspection
     labels/objects_vocab_{lang}.txt, labels/background.json
 
@@ -120,8 +122,11 @@ def _caption_rows(cfg: DemoConfig, scenes: list[Scene]) -> Iterator[dict]:
     for lang in lx.LANGS:
         for scene in scenes:
             for k, words in enumerate(image_captions(cfg, scene, lang)):
-                yield {"id": f"cap_{lang}_{scene.index:06d}_{k}", "img_fname": scene.img_fname, "lang": lang,
+                row = {"id": f"cap_{lang}_{scene.index:06d}_{k}", "img_fname": scene.img_fname, "lang": lang,
                        "caption": grammar.caption_text(lang, words)}
+                if lang in lx.NO_SPACE_LANGS:
+                    row["words"] = grammar.words_text(words)
+                yield row
 
 
 def write_paired(cfg: DemoConfig, scenes: list[Scene], lang: str, jsonl: Path) -> int:
@@ -143,9 +148,12 @@ def _vqa_rows(cfg: DemoConfig, scenes: list[Scene], lang: str, qtypes: Counter) 
     for scene in scenes:
         for k, (q, answers) in enumerate(image_questions(cfg, scene)):
             qtypes[q.qtype] += 1
-            yield {"question_id": f"vqa_{lang}_{scene.index:06d}_{k}", "img_fname": scene.img_fname,
+            row = {"question_id": f"vqa_{lang}_{scene.index:06d}_{k}", "img_fname": scene.img_fname,
                    "lang": lang, "question": vqa.question_text(lang, q), "qtype": q.qtype,
                    "answers": [vqa.answer_text(lang, q, a) for a in answers]}
+            if lang in lx.NO_SPACE_LANGS:
+                row["words"] = " ".join(vqa.question_words(lang, q))
+            yield row
 
 
 def _scene_row(scene: Scene, split: str) -> dict:
@@ -167,17 +175,40 @@ def _write_images(cfg: DemoConfig, scenes: list[Scene], npz_dir: Path, progress:
     return counts
 
 
+#: Marks word boundaries in the tokenizer's training text (SentencePiece ``pretokenization_delimiter``): pieces
+#: never span it, and it is dropped, so it never reaches the vocabulary or the encoded text.
+WORD_DELIMITER = "\u241f"
+
+
 def corpus_texts(raw_dir: str | Path) -> list[str]:
-    """All text of the raw files (captions, paired sides, questions, answers, label words): tokenizer input."""
+    """All text of the raw files (captions, paired sides, questions, answers, label words): tokenizer input.
+
+    ja/zh text is given segmented, its words joined by :data:`WORD_DELIMITER`. Trained on the unsegmented
+    sentences of this small, repetitive corpus, a 1000-piece Unigram model spends its vocabulary on whole
+    phrases ("棵黄色的树" = "<measure word> yellow tree" as one piece) and then splits German words into letters;
+    XLM-R's tokenizer, trained on 2.5 TB, keeps Chinese and Japanese pieces at word or character level. With
+    the boundaries marked the demo tokenizer does the same, and an unsegmented caption is encoded into the
+    same word pieces as its segmented form in the paired files (see ``UC2Tokenizer.encode_words``).
+    """
     raw_dir = Path(raw_dir)
     texts = []
+
+    def segmented(text: str) -> str:
+        return WORD_DELIMITER.join(text.split())
+
     for path in sorted(raw_dir.glob("*.jsonl")):
         if path.name.startswith("scenes_"):
             continue
         with path.open(encoding="utf-8") as f:
             for line in f:
                 row = json.loads(line)
-                texts += [row[k] for k in ("caption", "caption1", "caption2", "question") if k in row]
+                if "words" in row:  # a ja/zh caption or question with its segmentation
+                    texts.append(segmented(row["words"]))
+                else:
+                    texts += [row[k] for k in ("caption", "question", "caption1") if k in row]
+                if "caption2" in row:
+                    no_space = row.get("lang2") in lx.NO_SPACE_LANGS
+                    texts.append(segmented(row["caption2"]) if no_space else row["caption2"])
                 texts += sorted(set(row.get("answers", ())))
     for path in sorted((raw_dir / "labels").glob("objects_vocab_*.txt")):
         texts += path.read_text(encoding="utf-8").split("\n")

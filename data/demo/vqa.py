@@ -113,21 +113,30 @@ _EN_REL = {"left": "to the left of", "right": "to the right of", "above": "above
 _JA_REL = {"left": "左", "right": "右", "above": "上", "below": "下"}
 
 
-def question_text(lang: str, q: Question) -> str:
-    """The question in ``lang`` ("en" or "ja")."""
+def question_words(lang: str, q: Question) -> list[str]:
+    """The question in ``lang`` ("en" or "ja") as words; ja words are what a segmenter would give."""
     if lang == "en":
         singular, plural = lx.EN_NOUNS[q.cls_key]
         article = "an" if singular[0] in "aeiou" else "a"
-        return {"colour": f"what colour is the {singular}?", "count": f"how many {plural} are there?",
+        text = {"colour": f"what colour is the {singular}?", "count": f"how many {plural} are there?",
                 "exist": f"is there {article} {singular}?",
                 "relation": f"what is {_EN_REL.get(q.relation, '')} the {singular}?"}[q.qtype]
+        return text.split()
     if lang == "ja":
         noun, counter = lx.JA_NOUNS[q.cls_key]
-        verb = "います" if q.cls_key in lx.ANIMATE else "あります"
-        return {"colour": f"{noun}は何色ですか？", "count": f"{noun}は何{counter}{verb}か？",
-                "exist": f"{noun}は{verb}か？",
-                "relation": f"{noun}の{_JA_REL.get(q.relation, '')}に何がありますか？"}[q.qtype]
+        verb = ["い", "ます"] if q.cls_key in lx.ANIMATE else ["あり", "ます"]
+        return {"colour": [noun, "は", "何色", "です", "か", "？"],
+                "count": [noun, "は", "何" + counter, *verb, "か", "？"],
+                "exist": [noun, "は", *verb, "か", "？"],
+                "relation": [noun, "の", _JA_REL.get(q.relation, ""), "に", "何", "が", "あり", "ます", "か",
+                             "？"]}[q.qtype]
     raise ValueError(f"VQA questions exist in {lx.VQA_LANGS}, not {lang!r}")
+
+
+def question_text(lang: str, q: Question) -> str:
+    """The question in ``lang`` ("en" or "ja") as running text (ja unsegmented)."""
+    words = question_words(lang, q)
+    return "".join(words) if lang in lx.NO_SPACE_LANGS else " ".join(words)
 
 
 def answer_text(lang: str, q: Question, answer: object) -> str:

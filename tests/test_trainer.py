@@ -252,3 +252,25 @@ def test_run_logger_rank0_only_and_copies_library_warnings(tmp_path):
         quiet.info("nothing")
         quiet.progress(10).update(1)
     assert not (tmp_path / "other").exists()
+
+
+class _SometimesLogs(ToyTask):
+    """Reports ``odd_step`` (the value 1.0) on every other batch only, like hard-negative mining does."""
+
+    def compute_loss(self, model, batch):
+        loss, logs = super().compute_loss(model, batch)
+        self._calls = getattr(self, "_calls", 0) + 1
+        if self._calls % 2:
+            logs["odd_step"] = 1.0
+        return loss, logs
+
+
+def test_logged_values_average_over_the_steps_that_report_them_and_the_last_window_is_written(tmp_path):
+    cfg = _cfg(tmp_path, num_train_steps=7, log_steps=4)
+    model, _ = build(cfg, batch_size=8)
+    trainer = Trainer(model, [_SometimesLogs("reg_a", 1.0, 0, "a", 8)], cfg, device=torch.device("cpu"))
+    trainer.train()
+    lines = [line for line in (Path(cfg.output_dir) / "log.txt").read_text().splitlines() if "loss/reg_a=" in line]
+    assert [line.split(" step ")[1].split(":")[0] for line in lines] == ["4", "7"]  # 7 is a partial window
+    # reported on 2 of 4 (then 2 of 3) steps, always 1.0: its average is 1, not 0.5 (or 0.67)
+    assert [float(line.split("train/reg_a/odd_step=")[1].split()[0]) for line in lines] == [1.0, 1.0], lines

@@ -139,6 +139,8 @@ class Trainer:
                     last_saved = self.step
                 for callback in self.callbacks:
                     callback(self)
+            if cfg.log_steps > 0 and self.step % cfg.log_steps != 0:
+                self._log_window()  # the last, partial window (empty, and skipped, when nothing ran)
             if cfg.valid_steps > 0 and self.step % cfg.valid_steps != 0:
                 metrics = self.validate()
             if last_saved != self.step:
@@ -211,15 +213,16 @@ class Trainer:
     @staticmethod
     def _new_window() -> dict[str, Any]:
         return {"loss": defaultdict(float), "count": defaultdict(int), "logs": defaultdict(float),
-                "grad_norm": 0.0, "steps": 0, "examples": 0, "seconds": 0.0, "lr": 0.0}
+                "log_count": defaultdict(int), "grad_norm": 0.0, "steps": 0, "examples": 0, "seconds": 0.0, "lr": 0.0}
 
     def _record(self, name: str, loss: Tensor, logs: dict[str, float], n_examples: int, grad_norm: Tensor,
                 seconds: float) -> None:
         win = self._window
         win["loss"][name] += loss  # tensors: no device sync until the window is logged
         win["count"][name] += 1
-        for key, value in logs.items():
+        for key, value in logs.items():  # a task may report a value on some steps only (e.g. hard negatives)
             win["logs"][f"{name}/{key}"] += value
+            win["log_count"][f"{name}/{key}"] += 1
         win["grad_norm"] += grad_norm
         win["steps"] += 1
         win["examples"] += n_examples
@@ -234,7 +237,7 @@ class Trainer:
         losses = du.all_reduce_mean(torch.stack([torch.as_tensor(win["loss"][n], dtype=torch.float32,
                                                                  device=self.device) for n in names]))
         scalars = {f"loss/{n}": float(v) / win["count"][n] for n, v in zip(names, losses.tolist())}
-        scalars.update({f"train/{k}": v / win["count"][k.split("/")[0]] for k, v in win["logs"].items()})
+        scalars.update({f"train/{k}": v / win["log_count"][k] for k, v in win["logs"].items()})
         scalars["lr"] = win["lr"]
         scalars["grad_norm"] = float(win["grad_norm"]) / win["steps"]
         scalars["examples_per_s"] = win["examples"] * du.get_world_size() / max(win["seconds"], 1e-9)

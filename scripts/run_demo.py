@@ -33,7 +33,7 @@ class Stage:
     done_marker: Callable[["DemoPaths"], Path]
 
 
-#: Step budgets. "quick" (the default, about 15 minutes on 2 CPU cores) runs every stage with short
+#: Step budgets. "quick" (the default, about 9 minutes on 2 CPU cores) runs every stage with short
 #: schedules; "full" uses the configs as shipped (the schedules under which the demo model measurably
 #: grounds words in regions: VQA starts to use the image after ~2500 steps; about an hour or more).
 PROFILES: dict[str, dict[str, list[str]]] = {
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "results" / "demo")
     parser.add_argument("--force", action="store_true", help="redo every stage")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                        help="quick: short schedules, ~15 min on 2 cores (default); full: the shipped configs")
+                        help="quick: short schedules, ~9 min on 2 cores (default); full: the shipped configs")
     args = parser.parse_args(argv)
     paths = DemoPaths(args.demo_dir.resolve(), args.results.resolve(), args.profile)
     if args.force and paths.demo_dir.exists():

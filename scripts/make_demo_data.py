@@ -34,7 +34,7 @@ from data.demo.raw import IMG_SET, SPLITS, WORD_DELIMITER, DemoConfig, corpus_te
 from data.demo.stats import format_stats, summarize_counts, vqa_answer_stats  # noqa: E402
 from data.errors import DataError  # noqa: E402
 
-DEFAULT_VOCAB_SIZE = 1000  # SentencePiece soft limit; with word boundaries marked the demo text gives ~500
+DEFAULT_VOCAB_SIZE = 1000  # SentencePiece soft limit; with word boundaries marked the demo text gives ~430
 DEFAULT_BOX_RULE = {"conf_th": 0.2, "max_bb": 100, "min_bb": 3}
 
 

@@ -62,9 +62,16 @@ def test_chance_level_is_what_random_scores_give(demo):
         assert 8.0 < value < 13.0
 
 
-def test_all_language_fine_tuning_loss_falls_and_every_language_is_far_above_chance(demo):
-    losses = _logged_losses(demo, "itm_all_lang")
-    assert len(losses) >= 4 and losses[-1] < 0.75 * losses[0], losses
+def test_fine_tuning_loss_falls(demo):
+    # From the stand-in the hinge loss has far to go (measured 0.199 -> 0.050); from the pretrained model it
+    # starts low, since pretraining already matches captions to images (measured 0.041 -> 0.030).
+    scratch = _logged_losses(demo, "itm_en_only_nopt")
+    assert len(scratch) >= 4 and scratch[-1] < 0.5 * scratch[0], scratch
+    pretrained = _logged_losses(demo, "itm_all_lang")
+    assert len(pretrained) >= 4 and pretrained[-1] < 0.85 * pretrained[0], pretrained
+
+
+def test_all_language_fine_tuning_is_far_above_chance_in_every_language(demo):
     chance, ar = _chance(demo), _average_recall(demo, "itm_all_lang")
     assert set(ar) == set(LANGS)
     for lang in LANGS:

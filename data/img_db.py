@@ -21,6 +21,7 @@ import msgpack_numpy
 import numpy as np
 
 from data.errors import DataError, DataKeyError
+from data.safe_msgpack import PickledRecordError, unpack_numpy_msgpack
 from data.lmdb_env import DEFAULT_MAP_SIZE, LazyEnv, LmdbBuilder, load_json_file, write_json_file
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ def decode_img_value(data: bytes, where: str) -> dict[str, np.ndarray]:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 value = {k: npz[k] for k in npz.files}
         else:
-            value = msgpack.unpackb(data, raw=False, object_hook=msgpack_numpy.decode)
+            value = unpack_numpy_msgpack(data, where)
+    except PickledRecordError:
+        raise
     except Exception as exc:  # numpy/zipfile/msgpack raise many types on garbage; all mean "corrupt"
         raise DataError(f"{where}: not a valid image record ({type(exc).__name__}: {exc})") from exc
     if not isinstance(value, dict) or not isinstance(value.get("features"), np.ndarray):

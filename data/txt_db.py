@@ -16,6 +16,7 @@ import msgpack_numpy
 import numpy as np
 
 from data.errors import DataError, DataKeyError
+from data.safe_msgpack import PickledRecordError, unpack_numpy_msgpack
 from data.lmdb_env import DEFAULT_MAP_SIZE, LazyEnv, LmdbBuilder, load_json_file, write_json_file
 
 SIDE_FILES = ("meta.json", "id2len.json", "txt2img.json", "img2txts.json")
@@ -23,13 +24,6 @@ _REQUIRED_META = ("CLS", "SEP", "MASK")
 
 
 # --- value encoding --------------------------------------------------------------------------------
-
-
-def _decode_writable(obj):
-    """msgpack object hook: msgpack-numpy decoding, with arrays copied (the decoded ones are read-only
-    views of the message buffer, and torch warns on or refuses non-writable arrays)."""
-    obj = msgpack_numpy.decode(obj)
-    return obj.copy() if isinstance(obj, np.ndarray) else obj
 
 
 def encode_txt_value(value: Mapping) -> bytes:
@@ -48,7 +42,9 @@ def read_txt_value(data: bytes, where: str = "text value") -> dict:
     except RuntimeError as exc:  # lz4 reports corrupt frames as RuntimeError
         raise DataError(f"{where}: not a valid lz4 frame ({exc})") from exc
     try:
-        value = msgpack.unpackb(raw, raw=False, strict_map_key=False, object_hook=_decode_writable)
+        value = unpack_numpy_msgpack(raw, where, copy_arrays=True, strict_map_key=False)
+    except PickledRecordError:
+        raise
     except Exception as exc:  # msgpack and msgpack-numpy raise many types on garbage; all mean "corrupt"
         raise DataError(f"{where}: not a valid msgpack value ({type(exc).__name__}: {exc})") from exc
     if not isinstance(value, dict):

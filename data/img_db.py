@@ -21,8 +21,8 @@ import msgpack_numpy
 import numpy as np
 
 from data.errors import DataError, DataKeyError
-from data.safe_msgpack import PickledRecordError, unpack_numpy_msgpack
 from data.lmdb_env import DEFAULT_MAP_SIZE, LazyEnv, LmdbBuilder, load_json_file, write_json_file
+from data.safe_msgpack import PickledRecordError, unpack_numpy_msgpack
 
 logger = logging.getLogger(__name__)
 

@@ -20,29 +20,26 @@ class PickledRecordError(DataError):
     """A msgpack record holds a pickled (object-dtype) array; it is refused, never unpickled."""
 
 
-def _is_pickled_array(obj: dict) -> bool:
-    """True for a msgpack-numpy array map whose payload msgpack-numpy would hand to ``pickle.loads``."""
-    marker = obj.get(b"nd", obj.get("nd"))
-    if marker is None:
-        return False
-    kind = obj.get(b"kind", obj.get("kind"))
-    descr = obj.get(b"type", obj.get("type"))
-    # kind 'O' is the pickle path; an 'O' type string is refused as well, whatever the kind says.
-    return kind in (b"O", "O") or (isinstance(descr, (bytes, str)) and descr in (b"O", "O", b"|O", "|O"))
+class _PickledArray(Exception):
+    """Raised inside the object hook, which does not know which db/key it is decoding."""
 
 
-def _safe_hook(where: str, copy_arrays: bool):
-    def hook(obj: dict) -> Any:
-        if _is_pickled_array(obj):
-            raise PickledRecordError(
-                f"{where}: holds a pickled object array; refused without unpickling (a database record "
-                f"must be numeric data, never pickled Python objects)")
-        value = msgpack_numpy.decode(obj)
-        if copy_arrays and isinstance(value, np.ndarray):
-            # decoded arrays are read-only views of the message buffer; torch warns on or refuses those
-            return value.copy()
-        return value
-    return hook
+def _refuse_pickles(obj: dict) -> Any:
+    """Object hook: msgpack-numpy decoding, except for arrays it would unpickle.
+
+    msgpack-numpy only decodes maps with the bytes key ``b'nd'`` (it writes bin keys), so str keys need
+    no check. Kind ``b'O'`` is its pickle path; an object type string is refused too, whatever the kind.
+    """
+    if b"nd" in obj and (obj.get(b"kind") == b"O" or obj.get(b"type") in (b"O", b"|O", "O", "|O")):
+        raise _PickledArray
+    return msgpack_numpy.decode(obj)
+
+
+def _refuse_pickles_copy(obj: dict) -> Any:
+    """As :func:`_refuse_pickles`, with arrays copied: decoded arrays are read-only views of the message
+    buffer, and torch warns on or refuses non-writable arrays."""
+    value = _refuse_pickles(obj)
+    return value.copy() if isinstance(value, np.ndarray) else value
 
 
 def unpack_numpy_msgpack(data: bytes, where: str, *, copy_arrays: bool = False,
@@ -51,5 +48,10 @@ def unpack_numpy_msgpack(data: bytes, where: str, *, copy_arrays: bool = False,
 
     Other decoding failures propagate as msgpack/numpy raise them, for the caller to wrap.
     """
-    return msgpack.unpackb(data, raw=False, strict_map_key=strict_map_key,
-                           object_hook=_safe_hook(where, copy_arrays))
+    hook = _refuse_pickles_copy if copy_arrays else _refuse_pickles
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=strict_map_key, object_hook=hook)
+    except _PickledArray:
+        raise PickledRecordError(
+            f"{where}: holds a pickled object array; refused without unpickling (a database record "
+            f"must be numeric data, never pickled Python objects)") from None

@@ -59,6 +59,24 @@ class TextRecord:
     lang: str | None
 
 
+class PartIndex:
+    """One flat index over parts of the given sizes, concatenated in order (``what`` names an item)."""
+
+    def __init__(self, sizes: Sequence[int], what: str):
+        self._offsets = np.cumsum([0, *sizes])
+        self.what = what
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(part, position within the part) of flat ``index``; IndexError outside."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.what} index {index} outside 0..{len(self) - 1}")
+        part = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        return part, index - int(self._offsets[part])
+
+
 class ExampleSource:
     """The examples of one dataset: parts ``(TxtDb, ImgDb)`` concatenated under one flat index.
 
@@ -70,7 +88,7 @@ class ExampleSource:
             raise DataError("a dataset needs at least one (txt_db, img_db) pair")
         self.parts = list(parts)
         self._ids: list[list[str]] = [list(txt.ids) for txt, _ in self.parts]
-        self._offsets = np.cumsum([0] + [len(ids) for ids in self._ids])
+        self._index = PartIndex([len(ids) for ids in self._ids], "example")
         self._images = [self._image_names(k) for k in range(len(self.parts))]
         self._image_pos = [{name: k for k, name in enumerate(names)} for names in self._images]
         self.lens = np.concatenate([self._part_lens(k) for k in range(len(self.parts))]).astype(np.int64)
@@ -101,16 +119,10 @@ class ExampleSource:
         return txt_lens + NUM_SPECIALS + nbbs
 
     def __len__(self) -> int:
-        return int(self._offsets[-1])
-
-    def _locate(self, index: int) -> tuple[int, int]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"example index {index} outside 0..{len(self) - 1}")
-        part = int(np.searchsorted(self._offsets, index, side="right") - 1)
-        return part, index - int(self._offsets[part])
+        return len(self._index)
 
     def text(self, index: int) -> TextRecord:
-        part, local = self._locate(index)
+        part, local = self._index.locate(index)
         txt = self.parts[part][0]
         txt_id = self._ids[part][local]
         fields = txt[txt_id]

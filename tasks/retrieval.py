@@ -34,7 +34,7 @@ from data.collate import collate_backbone
 from utils.errors import DataError
 from data.sampler import TokenBucketSampler
 from model.heads import itm_head, rank_head
-from tasks.base import LoaderOptions, make_loader, run_backbone, text_example, wrap_text
+from tasks.base import LoaderOptions, PartIndex, make_loader, run_backbone, text_example, wrap_text
 from utils.device import move_to_device
 from model.config import UC2ModelConfig
 from model.model import UC2ForImageTextRetrieval, UC2WithHeads
@@ -101,7 +101,7 @@ class PairSource:
         self.cap_img: list[np.ndarray] = []
         for txt, img in self.parts:
             self._add_part(txt, img)
-        self._offsets = np.cumsum([0] + [len(ids) for ids in self.ids])
+        self._index = PartIndex([len(ids) for ids in self.ids], "pair")
 
     def _add_part(self, txt, img) -> None:
         ids = [str(i) for i in txt.ids]
@@ -120,14 +120,11 @@ class PairSource:
         self.cap_img.append(np.array([col[f] for f in fnames], dtype=np.int64))
 
     def __len__(self) -> int:
-        return int(self._offsets[-1])
+        return len(self._index)
 
     def locate(self, index: int) -> tuple[int, int]:
         """(part, caption index within the part) of flat ``index``."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"pair index {index} outside 0..{len(self) - 1}")
-        part = int(np.searchsorted(self._offsets, index, side="right") - 1)
-        return part, index - int(self._offsets[part])
+        return self._index.locate(index)
 
     def caption(self, part: int, cap: int) -> torch.Tensor:
         """``<s> ids </s>`` (Lt,) of caption ``cap`` of ``part``."""

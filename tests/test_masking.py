@@ -13,6 +13,7 @@ from tasks.itm import ItmConfig
 from tasks.mlm import MlmObjective, mask_tokens
 from tasks.mrtm import MrtmConfig, MrtmObjective
 from tasks.vtlm import VtlmConfig, VtlmObjective, co_mask
+from tests.test_tasks import PieceTokenizer
 
 MASK = 99_999
 META = {"CLS": 0, "SEP": 2, "MASK": MASK, "v_range": [5, 90_000]}
@@ -211,17 +212,6 @@ def test_vtlm_bad_mode_and_bad_word_positions_raise():
 
 # --- MRTM targets --------------------------------------------------------------------------------
 
-class PieceTokenizer:
-    """Splits a word into 2-character pieces with ids from a growing table (stand-in for XLM-R)."""
-
-    def __init__(self):
-        self.table = {}
-
-    def encode(self, text):
-        pieces = [text[i:i + 2] for i in range(0, len(text), 2)]
-        return [self.table.setdefault(p, 10 + len(self.table)) for p in pieces]
-
-
 def write_labels(tmp_path, lang, words):
     (tmp_path / f"objects_vocab_{lang}.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
 
@@ -231,7 +221,7 @@ def test_mrtm_target_is_a_subtoken_of_the_top1_class_word_in_the_caption_languag
     # Upper-case German words share no 2-character piece with the English ones.
     write_labels(tmp_path, "de", ["HUND", "KATZE", "MENSCH", "TISCH", "BAUM"])
     (tmp_path / "background.json").write_text('{"de": "HINTERGRUND"}', encoding="utf-8")
-    tok = PieceTokenizer()
+    tok = PieceTokenizer(first_id=10)
     vocab = LabelVocab.load(tmp_path, ["en", "de"], 6, tok)
     examples = {"c0": {"input_ids": [5, 6, 7], "img_fname": "i0", "lang": "de"}}
     source = source_of(examples, n_regions=8)

@@ -32,13 +32,7 @@ EXPECTED_TASKS = {f"{task}_cap_{lang}" for task in ("mlm", "itm", "mrtm") for la
     "vtlm_paired_en-de", "vtlm_paired_en-ja"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tests share two cores with other work: extra intra-op threads only spin (10x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

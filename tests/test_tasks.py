@@ -26,14 +26,16 @@ DE_WORDS = ["HUND", "KATZE", "MENSCH", "TISCH", "BAUM"]
 
 
 class PieceTokenizer:
-    """2-character pieces with ids 100.. (stand-in for XLM-R; class-word ids stay inside VOCAB)."""
+    """2-character pieces with ids from ``first_id`` on, in order of first sight (stand-in for XLM-R; with
+    the default 100 the class-word ids stay inside VOCAB)."""
 
-    def __init__(self):
+    def __init__(self, first_id: int = 100):
         self.table = {}
+        self.first_id = first_id
 
     def encode(self, text):
         pieces = [text[i:i + 2] for i in range(0, len(text), 2)]
-        return [self.table.setdefault(p, 100 + len(self.table)) for p in pieces]
+        return [self.table.setdefault(p, self.first_id + len(self.table)) for p in pieces]
 
 
 def write_img_db(img_dir, n_images=6, seed=0):

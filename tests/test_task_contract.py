@@ -47,8 +47,14 @@ def test_registry_holds_the_shipped_tasks():
 
 @pytest.mark.parametrize("name", TASKS)
 def test_collate_gives_the_documented_backbone_shapes(name, corpus):
+    """UC2 batches (those with regions) follow docs/ARCHITECTURE.md "Batches"; any other task's batch
+    is at least a dict whose tensors share the batch dimension."""
     task, model, _ = build_task(name, corpus)
     batch = next(iter(task.train_batches(0)))
+    if "img_feat" not in batch:
+        sizes = {v.size(0) for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0}
+        assert len(sizes) == 1, f"{name}: tensors disagree on the batch size: {sizes}"
+        return
     b, lt = batch["input_ids"].shape
     n_img, dim = batch["img_feat"].shape[1:]
     length = batch["attn_masks"].size(1)

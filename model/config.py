@@ -5,7 +5,8 @@ the original UC2 code (HF names, no ``model_type``), or a Hugging Face XLM-R ``c
 ``model_type``/``architectures``). Keys that only matter to Hugging Face are ignored with a debug log
 line (in an HF file: every key UC2 does not use, and ``type_vocab_size``, since UC2 always has its own
 2-row text/image table). In our files any other unknown key, and in all files a value of the wrong
-type, raises :class:`utils.config.ConfigError` naming the file and the key.
+type, raises :class:`utils.errors.ConfigError` naming the file and the key; keys and types are
+checked by the one config engine of the project (:func:`utils.config.from_dict`), as run configs are.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.config import ConfigError
+from utils.atomic import atomic_write_json
+from utils.config import from_dict as config_from_dict
+from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -94,22 +97,26 @@ class UC2ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "<dict>") -> "UC2ModelConfig":
-        """Build from a mapping of HF-named keys; ``source`` names the origin in error messages."""
+        """Build from a mapping of HF-named keys; ``source`` names the origin in error messages.
+
+        Keys and types are checked by the run configs' engine (:func:`utils.config.from_dict`), after the
+        Hugging Face-only keys are dropped.
+        """
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {type(values).__name__}")
         is_hf = "model_type" in values or "architectures" in values
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
+        names = {f.name for f in dataclasses.fields(cls)}
+        kept: dict[str, Any] = {}
         for key, value in values.items():
             # A Hugging Face file describes XLM-R with many keys of its own: take what UC2 uses.
-            if key in _HF_ONLY_KEYS or (is_hf and (key in _HF_OVERRIDDEN_KEYS or key not in fields)):
+            if key in _HF_ONLY_KEYS or (is_hf and (key in _HF_OVERRIDDEN_KEYS or key not in names)):
                 logger.debug("%s: ignoring Hugging Face key %r", source, key)
                 continue
-            if key not in fields:
-                raise ConfigError(
-                    f"{source}: unknown model config key {key!r}; known keys: {', '.join(sorted(fields))}")
-            kwargs[key] = _check_type(key, value, fields[key].type, source)
-        return cls(**kwargs)
+            kept[key] = value
+        try:
+            return config_from_dict(cls, kept)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
     @classmethod
     def from_json(cls, path: str | Path) -> "UC2ModelConfig":
@@ -127,21 +134,5 @@ class UC2ModelConfig:
 
     def to_json(self, path: str | Path) -> None:
         """Write the config atomically (temp file then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f"{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_json(self.to_dict(), path, indent=1)
 
-
-def _check_type(key: str, value: Any, annotation: str, source: str) -> Any:
-    """Return ``value`` (ints widened to float where a float is expected) or raise naming the key."""
-    ann = str(annotation)
-    if ann.startswith("float") and value is None and "None" in ann:
-        return None
-    if ann.startswith("float") and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if ann == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if ann == "str" and isinstance(value, str):
-        return value
-    raise ConfigError(f"{source}: key {key!r} expects {ann}, got {value!r} ({type(value).__name__})")

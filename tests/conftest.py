@@ -13,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Subprocess tests run scripts/*.py directly. `make setup` installs the project (pip install -e .); a bare
+# checkout's tests put the repository on the children's import path instead, as pytest.ini does for pytest.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def _fixture_root() -> Path:
@@ -34,3 +37,15 @@ def orig_fixtures() -> Path:
     if not root.is_dir():
         pytest.skip(f"original-UC2 fixtures not found at {root} (set UC2_FIXTURES to their folder)")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module's tests: they share two cores with other work, and extra
+    threads only spin (10x slower here). Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

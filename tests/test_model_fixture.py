@@ -12,7 +12,7 @@ import torch
 from model.config import UC2ModelConfig
 from model.model import UC2ForImageTextRetrieval, UC2ForPretraining, UC2ForVQA, gather_positions
 from model.weights import load_uc2_checkpoint
-from utils.config import ConfigError
+from utils.errors import ConfigError
 
 CLS, SEP = 0, 2
 
@@ -202,10 +202,10 @@ def test_dropout_only_in_training(fx):
 def test_config_errors_name_file_and_key(tmp_path):
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({"hidden_size": 32, "num_attention_heads": 4, "hiden_act": "gelu"}))
-    with pytest.raises(ConfigError, match=r"cfg.json: unknown model config key 'hiden_act'"):
+    with pytest.raises(ConfigError, match=r"cfg.json: unknown config key 'hiden_act'; did you mean 'hidden_act'"):
         UC2ModelConfig.from_json(path)
     path.write_text(json.dumps({"hidden_size": "32"}))
-    with pytest.raises(ConfigError, match=r"cfg.json: key 'hidden_size' expects int, got '32'"):
+    with pytest.raises(ConfigError, match=r"cfg.json: config key 'hidden_size': expected int, got '32' \(str\)"):
         UC2ModelConfig.from_json(path)
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="cfg.json: cannot read model config JSON"):

@@ -99,5 +99,5 @@ def test_hf_config_extra_keys_ignored_but_types_checked(tmp_path):
                     '"some_new_hf_option": true, "num_beams": 1}')
     assert UC2ModelConfig.from_json(path).hidden_size == 64
     path.write_text('{"model_type": "xlm-roberta", "layer_norm_eps": "tiny"}')
-    with pytest.raises(ValueError, match=r"config.json: key 'layer_norm_eps' expects float"):
+    with pytest.raises(ValueError, match=r"config.json: config key 'layer_norm_eps': expected float, got 'tiny'"):
         UC2ModelConfig.from_json(path)

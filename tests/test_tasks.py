@@ -5,17 +5,19 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import DataError
+from utils.errors import DataError
 from data.img_db import ImgDb, ImgDbWriter
 from data.labels import LabelVocab
-from data.tasks.base import ObjectiveSettings
-from data.tasks.build import build_pretrain_tasks
-from data.tasks.registry import TaskRegistry, get_task, known_tasks
+from tasks.base import MaskingConfig
+from tasks.mrtm import MrtmConfig
+from tasks.vtlm import VtlmConfig
+from tasks.build import build_pretrain_tasks
+from tasks.registry import TaskRegistry, get_task, known_tasks
 from data.txt_db import TxtDb, TxtDbWriter
 from model.config import UC2ModelConfig
 from model.model import UC2ForPretraining
-from utils.config import ConfigError
-from utils.run_config import DatasetSpec, PretrainConfig
+from utils.errors import ConfigError
+from training.run_config import DatasetSpec, PretrainConfig
 
 VOCAB, MASK, FEAT_DIM, CLASSES = 200, 199, 8, 6
 META = {"CLS": 0, "SEP": 2, "MASK": MASK, "UNK": 3, "v_range": [5, MASK], "bert": "tiny"}
@@ -24,14 +26,16 @@ DE_WORDS = ["HUND", "KATZE", "MENSCH", "TISCH", "BAUM"]
 
 
 class PieceTokenizer:
-    """2-character pieces with ids 100.. (stand-in for XLM-R; class-word ids stay inside VOCAB)."""
+    """2-character pieces with ids from ``first_id`` on, in order of first sight (stand-in for XLM-R; with
+    the default 100 the class-word ids stay inside VOCAB)."""
 
-    def __init__(self):
+    def __init__(self, first_id: int = 100):
         self.table = {}
+        self.first_id = first_id
 
     def encode(self, text):
         pieces = [text[i:i + 2] for i in range(0, len(text), 2)]
-        return [self.table.setdefault(p, 100 + len(self.table)) for p in pieces]
+        return [self.table.setdefault(p, self.first_id + len(self.table)) for p in pieces]
 
 
 def write_img_db(img_dir, n_images=6, seed=0):
@@ -119,6 +123,27 @@ def test_registry_aliases_and_errors_list_known_names():
 def test_unknown_task_in_config_names_the_key_path(data_dir):
     with pytest.raises(ConfigError, match=r"train_datasets\[0\]\.tasks\[1\]: unknown task 'mmm'"):
         build_pretrain_tasks(run_config(data_dir, tasks=("mlm", "mmm")), PieceTokenizer())
+
+
+@pytest.mark.parametrize("name", ["itm_rank", "vqa"])
+def test_fine_tuning_task_in_a_pretraining_dataset_is_a_config_error(data_dir, name):
+    with pytest.raises(ConfigError, match=rf"train_datasets\[0\]\.tasks\[1\]: task '{name}' cannot be listed "
+                                          rf"here \(pretrain\); it is a run task.*'mlm'"):
+        build_pretrain_tasks(run_config(data_dir, tasks=("mlm", name)), PieceTokenizer())
+
+
+def test_nested_task_config_sets_its_knobs_and_run_keys_stay_the_defaults(data_dir):
+    cfg = run_config(data_dir, tasks=("mlm", {"task": "itm", "neg_prob": 0.0}))
+    cfg.itm_neg_prob, cfg.mask_prob = 0.9, 0.3
+    built = {t.name: t for t in build_pretrain_tasks(cfg, PieceTokenizer())}
+    assert built["itm_cap_de"].objective.settings.neg_prob == 0.0
+    assert built["mlm_cap_de"].objective.settings.mask_prob == 0.3  # from the run config's mask_prob
+    assert all(bool(batch["targets"].eq(1).all()) for batch in islice(built["itm_cap_de"].train_batches(0), 3))
+
+
+def test_unknown_knob_of_a_nested_task_config_names_its_key_path(data_dir):
+    with pytest.raises(ConfigError, match=r"unknown config key 'train_datasets\[0\]\.tasks\[0\]\.mask_prb'"):
+        build_pretrain_tasks(run_config(data_dir, tasks=({"task": "mlm", "mask_prb": 0.2},)), PieceTokenizer())
 
 
 # --- builder ---------------------------------------------------------------------------------------
@@ -242,7 +267,7 @@ def _original_model_and_cases(root):
 def test_collate_and_heads_reproduce_original_outputs(orig_fixtures):
     """Our collate (packing, positions, img_mask_tgt) fed to our model gives the original's scores."""
     from data.collate import box_pos_feat, collate_backbone, img_mask_target, pad_labels, xlmr_position_ids
-    from data.tasks.mlm import token_prediction
+    from tasks.mlm import token_prediction
 
     model, cases, arrays = _original_model_and_cases(orig_fixtures / "model")
 
@@ -271,7 +296,7 @@ def test_collate_and_heads_reproduce_original_outputs(orig_fixtures):
             img_masks[k][reg] = True
         plain["img_masks"] = torch.nn.utils.rnn.pad_sequence(img_masks, batch_first=True)
         plain["img_mask_tgt"] = img_mask_target(img_masks, plain["txt_lens"], plain["attn_masks"].size(1))
-        scores = model.cls(get_task("mrtm")(ObjectiveSettings()).masked_hidden(model, plain))
+        scores = model.cls(get_task("mrtm")(MrtmConfig()).masked_hidden(model, plain))
         assert (scores - torch.from_numpy(arrays["mrtm_scores"])).abs().max() < 1e-4
 
         vt = cases["vtlm"]
@@ -285,11 +310,11 @@ def test_collate_and_heads_reproduce_original_outputs(orig_fixtures):
 
 
 def test_original_txt_db_paired_example_co_masks_by_its_integer_keyed_alignment(orig_fixtures):
-    from data.tasks.base import ExampleSource
+    from tasks.base import ExampleSource
     txt = TxtDb(orig_fixtures / "txt_db" / "demo.db")
     source = ExampleSource([(txt, ImgDb(orig_fixtures / "img_db" / "demo_imgs"))])
     index = txt.ids.index("p0")
-    vtlm = get_task("tlm")(ObjectiveSettings(vtlm_mask_mode="full", mask_prob=0.5))
+    vtlm = get_task("tlm")(VtlmConfig(vtlm_mask_mode="full", mask_prob=0.5))
     # p0: EN [10, 11 12] / X [20] [21], alignment {0: [1], 1: [0]}
     for seed in range(40):
         ex = vtlm.build_example(source, index, np.random.default_rng(seed))
@@ -299,6 +324,6 @@ def test_original_txt_db_paired_example_co_masks_by_its_integer_keyed_alignment(
         en0, en1 = labels[1] != -1, labels[2] != -1
         assert (labels[3] != -1) == en1  # word 1 = tokens 11 12, masked whole
         assert (labels[6] != -1) == en1 and (labels[7] != -1) == en0  # X word 0 <- EN 1, X word 1 <- EN 0
-    mlm = get_task("mlm")(ObjectiveSettings())
+    mlm = get_task("mlm")(MaskingConfig())
     ex = mlm.build_example(source, txt.ids.index("0"), np.random.default_rng(0))
     assert ex["input_ids"][0] == 0 and ex["input_ids"][-1] == 2 and ex["img_feat"].shape[1] == 40

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from data.errors import DataError
-from data.tasks.vqa import (VqaObjective, check_db_vocab, read_target, soft_target_matrix, vqa_bce_loss)
+from utils.errors import DataError
+from tasks.vqa import (VqaObjective, check_db_vocab, read_target, soft_target_matrix, vqa_bce_loss)
 from model.config import UC2ModelConfig
 from model.model import UC2ForVQA
 from optim.adamw import build_optimizer
 from optim.sched import build_scheduler, lr_factor
 from utils.config import ConfigError, load_config
-from utils.vqa_config import VQAConfig
+from training.vqa_config import VQAConfig
 
 LABEL2ANS = ["red", "blue", "green", "yellow"]
 
@@ -69,14 +69,25 @@ def test_txt_db_built_with_another_vocabulary_is_refused(tmp_path):
         check_db_vocab(txt, LABEL2ANS[:3])
 
 
+class _NoBackbone(nn.Module):
+    """A backbone stand-in: (B, 1, 1) zeros as the sequence output; the pooler takes position 0."""
+
+    def forward(self, input_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return torch.zeros(len(input_ids), 1, 1)
+
+    def pooler(self, sequence: torch.Tensor) -> torch.Tensor:
+        return sequence[:, 0]
+
+
 class FixedLogits(nn.Module):
-    """Stand-in model: returns preset (B, K) logits whatever the inputs."""
+    """Stand-in model whose ``vqa_output`` head returns preset (B, K) logits whatever the inputs."""
 
     def __init__(self, logits: torch.Tensor):
         super().__init__()
         self.logits = logits
+        self.roberta = _NoBackbone()
 
-    def forward(self, *args) -> torch.Tensor:
+    def vqa_output(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.logits
 
 
@@ -104,9 +115,10 @@ def test_validation_counts_all_oov_question_as_zero():
 
 
 def test_objective_needs_its_answer_vocabulary():
-    from data.tasks.registry import get_task
+    from tasks.registry import RUN, get_task, task_spec
+    from tasks.vqa import build_vqa
 
-    assert get_task("vqa") is VqaObjective
+    assert get_task("vqa") is build_vqa and task_spec("vqa").places == {RUN}
     with pytest.raises(ConfigError, match="needs its answer vocabulary"):
         VqaObjective()
 
@@ -162,7 +174,7 @@ def test_task_reads_prepro_built_txt_db(tmp_path):
 
     from data.img_db import ImgDbWriter
     from data.prepro import build_vqa_db
-    from data.tasks.vqa import build_vqa_task, load_label2ans
+    from tasks.vqa import build_vqa_task, load_label2ans
     from tests.helpers import make_tiny_tokenizer, write_jsonl
     from tests.test_train_vqa import _image_arrays
 

@@ -8,7 +8,7 @@ train/val data and implements the trainer's TrainTask protocol (docs/ARCHITECTUR
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,26 +17,35 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.collate import box_pos_feat, collate_backbone, img_mask_target, pad_sequences, xlmr_position_ids
-from data.errors import DataError
+from utils.device import move_to_device
+from utils.config import field
+from utils.errors import ConfigError, DataError
 
 NUM_SPECIALS = 2  # <s> and </s> around a caption
 
 
-@dataclass(frozen=True)
-class ObjectiveSettings:
-    """Knobs of the objectives (from the run config).
+@dataclass
+class TaskConfig:
+    """Base of every task's nested config (``{"task": "mrtm", "mask_prob": 0.15}`` in a run config).
 
-    Attributes:
-        mask_prob: probability of masking a token / English word / region.
-        itm_neg_prob: probability that ITM swaps in another image.
-        vtlm_mask_mode: "mix" (50 % co-masked, 50 % independent, the original default) or "full".
-        label_vocab: class words per language (data.labels.LabelVocab), needed by MRTM only.
+    Subclasses add the task's knobs as fields with a ``help``. ``LEGACY_KEYS`` maps a knob to the run-config
+    key that supplies its default when the entry does not set it (same name when absent), which is how an
+    original config's top-level ``mask_prob`` or ``itm_neg_prob`` still reaches the tasks.
     """
 
-    mask_prob: float = 0.15
-    itm_neg_prob: float = 0.5
-    vtlm_mask_mode: str = "mix"
-    label_vocab: Any = None
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {}
+    task: str = field("", help="registered task name, e.g. 'mrtm'")
+
+
+@dataclass
+class MaskingConfig(TaskConfig):
+    """Knobs of an objective that masks tokens, words or regions."""
+
+    mask_prob: float = field(0.15, help="probability of masking a token / English word / region (orig. mrm_prob)")
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_prob <= 1.0:
+            raise ConfigError(f"mask_prob: expected a probability in (0, 1], got {self.mask_prob}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,24 @@ class TextRecord:
     lang: str | None
 
 
+class PartIndex:
+    """One flat index over parts of the given sizes, concatenated in order (``what`` names an item)."""
+
+    def __init__(self, sizes: Sequence[int], what: str):
+        self._offsets = np.cumsum([0, *sizes])
+        self.what = what
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(part, position within the part) of flat ``index``; IndexError outside."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.what} index {index} outside 0..{len(self) - 1}")
+        part = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        return part, index - int(self._offsets[part])
+
+
 class ExampleSource:
     """The examples of one dataset: parts ``(TxtDb, ImgDb)`` concatenated under one flat index.
 
@@ -61,7 +88,7 @@ class ExampleSource:
             raise DataError("a dataset needs at least one (txt_db, img_db) pair")
         self.parts = list(parts)
         self._ids: list[list[str]] = [list(txt.ids) for txt, _ in self.parts]
-        self._offsets = np.cumsum([0] + [len(ids) for ids in self._ids])
+        self._index = PartIndex([len(ids) for ids in self._ids], "example")
         self._images = [self._image_names(k) for k in range(len(self.parts))]
         self._image_pos = [{name: k for k, name in enumerate(names)} for names in self._images]
         self.lens = np.concatenate([self._part_lens(k) for k in range(len(self.parts))]).astype(np.int64)
@@ -92,16 +119,10 @@ class ExampleSource:
         return txt_lens + NUM_SPECIALS + nbbs
 
     def __len__(self) -> int:
-        return int(self._offsets[-1])
-
-    def _locate(self, index: int) -> tuple[int, int]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"example index {index} outside 0..{len(self) - 1}")
-        part = int(np.searchsorted(self._offsets, index, side="right") - 1)
-        return part, index - int(self._offsets[part])
+        return len(self._index)
 
     def text(self, index: int) -> TextRecord:
-        part, local = self._locate(index)
+        part, local = self._index.locate(index)
         txt = self.parts[part][0]
         txt_id = self._ids[part][local]
         fields = txt[txt_id]
@@ -158,10 +179,12 @@ class Objective:
     """One pretraining objective. Subclasses are registered with ``@register_task(name)``."""
 
     name: ClassVar[str] = "?"
+    #: heads this objective trains: checkpoint key -> factory (model.heads), e.g. {"cls": mlm_head}
+    heads: ClassVar[dict[str, Any]] = {}
     #: keys that eval_stats returns (the same on every rank, so they can be all-reduced)
     stat_keys: ClassVar[tuple[str, ...]] = ("loss", "n")
 
-    def __init__(self, settings: ObjectiveSettings):
+    def __init__(self, settings: TaskConfig):
         self.settings = settings
 
     def build_example(self, source: ExampleSource, index: int, rng: np.random.Generator) -> dict:
@@ -210,15 +233,6 @@ class TaskDataset(Dataset):
         return self.objective.build_example(self.source, int(index), np.random.default_rng(int(draw_seed)))
 
 
-def move_to(batch: Any, device: torch.device | str) -> Any:
-    """Tensors of a (nested) batch moved to ``device``; other values unchanged."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: move_to(v, device) for k, v in batch.items()}
-    return batch
-
-
 class _BatchesFrom:
     """Iterable batch sampler starting at ``start_batch`` (DataLoader calls ``iter`` once)."""
 
@@ -249,6 +263,22 @@ def worker_context() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+def make_loader(dataset: Dataset, batch_sampler: Any, collate: Callable[[list], dict],
+                options: LoaderOptions) -> DataLoader:
+    """The one DataLoader recipe of every task: ``batch_sampler`` yields lists of dataset keys,
+    workers start by forkserver/spawn (:func:`worker_context`), and the loader has a private generator.
+
+    A DataLoader iterator draws its worker base seed from the GLOBAL torch RNG unless it has its own
+    generator. Train streams are (re)created lazily, at other steps in a resumed run, so that draw would
+    shift the dropout masks after resume. Examples take all randomness from their draw seeds, so a fixed
+    private generator changes no data.
+    """
+    context = worker_context() if options.num_workers > 0 else None
+    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=options.num_workers,
+                      pin_memory=options.pin_memory, multiprocessing_context=context,
+                      generator=torch.Generator().manual_seed(0))
+
+
 class PretrainTask:
     """A TrainTask: one objective on one dataset, with its mix weight and validation split."""
 
@@ -260,22 +290,15 @@ class PretrainTask:
         self.train_data, self.train_sampler = train_data, train_sampler
         self.val_data, self.val_sampler = val_data, val_sampler
         self.options = options or LoaderOptions()
+        self.heads = dict(objective.heads)  # the heads this task trains (model built with them)
 
     def _loader(self, data: TaskDataset, batch_sampler) -> DataLoader:
-        opts = self.options
-        context = worker_context() if opts.num_workers > 0 else None
-        # A DataLoader iterator draws its worker base seed from the GLOBAL torch RNG unless it has its own
-        # generator. Train streams are (re)created lazily, at other steps in a resumed run, so that draw
-        # would shift the dropout masks after resume. Examples take all randomness from their draw seeds,
-        # so a fixed private generator changes no data.
-        return DataLoader(data, batch_sampler=batch_sampler, collate_fn=self.objective.collate,
-                          num_workers=opts.num_workers, pin_memory=opts.pin_memory,
-                          multiprocessing_context=context, generator=torch.Generator().manual_seed(0))
+        return make_loader(data, batch_sampler, self.objective.collate, self.options)
 
     def train_batches(self, start_batch: int = 0) -> Iterator[dict]:
         """Infinite, deterministic batches on the task's device, skipping the first ``start_batch``."""
         for batch in self._loader(self.train_data, _BatchesFrom(self.train_sampler, start_batch)):
-            yield move_to(batch, self.options.device)
+            yield move_to_device(batch, self.options.device)
 
     def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         return self.objective.compute_loss(model, batch)
@@ -289,7 +312,7 @@ class PretrainTask:
         model.eval()
         sums = dict.fromkeys(self.objective.stat_keys, 0.0)
         for batch in self._loader(self.val_data, self.val_sampler):
-            for key, value in self.objective.eval_stats(model, move_to(batch, self.options.device)).items():
+            for key, value in self.objective.eval_stats(model, move_to_device(batch, self.options.device)).items():
                 sums[key] += float(value)
         model.train(was_training)
         return self.objective.finalize(_all_reduce_sums(sums, self.options.device))

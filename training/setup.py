@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from model.config import UC2ModelConfig
 from utils import distributed as du
-from utils.config import ConfigError
+from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +50,15 @@ def resolve_model_config(cfg, feat_dim: int, label_dim: int | None, xlmr_dir: st
     return UC2ModelConfig.from_dict(values, source=cfg.model_config or "model config")
 
 
-def init_weights(model: nn.Module, cfg, xlmr_dir: str = "", partial: tuple[str, ...] = ()) -> None:
+def init_weights(model: nn.Module, cfg, xlmr_dir: str = "", partial: tuple[str, ...] = (),
+                 known_heads: Iterable[str] = ()) -> None:
     """Initial weights: a UC2 checkpoint (``cfg.checkpoint``) if given, else a Hugging Face XLM-R folder,
-    else the fresh initialisation; then each file in ``partial`` (e.g. an Early Adaptation result)."""
+    else the fresh initialisation; then each file in ``partial`` (e.g. an Early Adaptation result).
+    ``known_heads``: heads any registered task declares (not reported as unknown when left over)."""
     from model.weights import init_from_xlmr, load_uc2_checkpoint  # local: keeps script start-up light
 
     if cfg.checkpoint:
-        load_uc2_checkpoint(model, cfg.checkpoint)
+        load_uc2_checkpoint(model, cfg.checkpoint, known_heads=known_heads)
     elif xlmr_dir:
         init_from_xlmr(model, xlmr_dir)  # logs what it loaded
     else:
@@ -67,19 +69,12 @@ def init_weights(model: nn.Module, cfg, xlmr_dir: str = "", partial: tuple[str, 
         load_uc2_checkpoint(model, path, allow_partial=True)
 
 
-def pick_device() -> torch.device:
-    """This rank's GPU when CUDA is available, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main``: set up logging, and turn the project's own errors (bad config, data,
     checkpoint or a failed rank — each message names the file/key) into one ``error: ...`` line and exit
     status 1 instead of a traceback. Programming errors still show their traceback."""
-    from utils.checkpoint import CheckpointError
-    from utils.distributed import DistributedError
+    from utils.errors import CheckpointError
+    from utils.errors import DistributedError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

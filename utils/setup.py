@@ -78,11 +78,22 @@ def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main``: set up logging, and turn the project's own errors (bad config, data,
     checkpoint or a failed rank — each message names the file/key) into one ``error: ...`` line and exit
     status 1 instead of a traceback. Programming errors still show their traceback."""
-    from utils.checkpoint import CheckpointError
-    from utils.distributed import DistributedError
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         main()
-    except (ValueError, FileNotFoundError, CheckpointError, DistributedError) as err:
+    except user_errors() as err:
         sys.exit(f"error: {err}")
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The project's own error types: raised for bad input (config, data, checkpoint, a failed rank).
+
+    Only these become a one-line message; a bare ``ValueError``/``KeyError``/``FileNotFoundError`` from
+    inside the code is a programming error (or an unchecked input, which should be checked and raise one of
+    these) and keeps its traceback.
+    """
+    from data.errors import DataError
+    from utils.checkpoint import CheckpointError
+    from utils.distributed import DistributedError
+
+    return (ConfigError, DataError, CheckpointError, DistributedError)

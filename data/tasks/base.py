@@ -31,12 +31,14 @@ class ObjectiveSettings:
         itm_neg_prob: probability that ITM swaps in another image.
         vtlm_mask_mode: "mix" (50 % co-masked, 50 % independent, the original default) or "full".
         label_vocab: class words per language (data.labels.LabelVocab), needed by MRTM only.
+        vtlm_comask: VTLM co-masking rule, "original" (released, token-level) or "whole_word" (data/tasks/vtlm.py).
     """
 
     mask_prob: float = 0.15
     itm_neg_prob: float = 0.5
     vtlm_mask_mode: str = "mix"
     label_vocab: Any = None
+    vtlm_comask: str = "original"
 
 
 @dataclass(frozen=True)
@@ -171,8 +173,9 @@ class Objective:
     def collate(self, examples: list[dict]) -> dict:
         raise NotImplementedError
 
-    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar loss of one batch and float logs."""
+    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        """Scalar loss of one batch and its logs: floats or detached 0-d tensors (never ``.item()``: the
+        trainer reads tensors once per log window, not once per micro-step)."""
         raise NotImplementedError
 
     def eval_stats(self, model, batch: dict) -> dict[str, float]:
@@ -277,7 +280,7 @@ class PretrainTask:
         for batch in self._loader(self.train_data, _BatchesFrom(self.train_sampler, start_batch)):
             yield move_to(batch, self.options.device)
 
-    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         return self.objective.compute_loss(model, batch)
 
     @torch.no_grad()

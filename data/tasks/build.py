@@ -104,7 +104,7 @@ def build_pretrain_tasks(cfg, tokenizer, rank: int = 0, world_size: int = 1, dev
     sources = [_source(spec, img_dbs, open_txt_db, cfg.max_txt_len) for spec in cfg.train_datasets]
     mrtm_sources = [s for s, tasks in zip(sources, train_tasks) if "mrtm" in tasks]
     settings = ObjectiveSettings(cfg.mask_prob, cfg.itm_neg_prob, cfg.vtlm_mask_mode,
-                                 _label_vocab(cfg, tokenizer, mrtm_sources))
+                                 _label_vocab(cfg, tokenizer, mrtm_sources), vtlm_comask=cfg.vtlm_comask)
     options = LoaderOptions(cfg.n_workers, bool(cfg.pin_mem and device.type == "cuda"), device)
     built = []
     for spec, source, tasks in zip(cfg.train_datasets, sources, train_tasks):

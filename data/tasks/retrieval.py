@@ -192,8 +192,8 @@ class _PoolBatches:
 
 
 def rank_logits(model, batch: dict) -> torch.Tensor:
-    """(rows,) rank logits from the pooled output."""
-    return model.rank_output(model.roberta.pooler(run_backbone(model, batch))).squeeze(-1).float()
+    """(rows,) fp32 rank logits (pooler and head outside autocast, as in evaluation)."""
+    return itm_eval.pair_scores(model, run_backbone(model, batch), "rank")
 
 
 def select_rows(batch: dict, rows: torch.Tensor) -> dict:

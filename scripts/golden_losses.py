@@ -60,7 +60,7 @@ def compute(root: Path) -> list[dict[str, Any]]:
 
     import pretrain
     from utils.config import from_dict
-    from utils.run_config import PretrainConfig
+    from training.run_config import PretrainConfig
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: the reduction order of the float kernels is fixed
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="golden-") as tmp:
         got = compute(args.keep or Path(tmp))
     if args.update:
-        from utils.checkpoint import atomic_write_json
+        from utils.atomic import atomic_write_json
 
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json({"what": __doc__.split("\n")[0], "regenerate": "python scripts/golden_losses.py --update",
@@ -115,6 +115,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     sys.exit(main())

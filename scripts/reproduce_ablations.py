@@ -38,11 +38,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if __name__ == "__main__" and str(REPO_ROOT) not in sys.path:  # run as a script from any cwd
-    sys.path.insert(0, str(REPO_ROOT))
+from utils.errors import ConfigError
 
-from utils.config import ConfigError  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("full", "no_vtlm", "no_mrtm", "no_vtlm_mrtm", "mrc")
 VTLM, MRTM = {"vtlm", "tlm"}, {"mrtm", "vmlm"}
 DROP = {"full": set(), "no_vtlm": VTLM, "no_mrtm": MRTM, "no_vtlm_mrtm": VTLM | MRTM, "mrc": set()}
@@ -82,7 +80,7 @@ def task_overrides(variant: str, config: Path, mrc_task: str) -> list[str]:
     """``--train_datasets JSON --val_datasets JSON`` of the variant, from the pretraining config (loaded
     by the config module, so ``${UC2_DEMO_DIR}`` is expanded before the lists travel as overrides)."""
     from utils.config import load_config, to_dict
-    from utils.run_config import PretrainConfig
+    from training.run_config import PretrainConfig
 
     cfg = load_config(PretrainConfig, config)
     args = []
@@ -97,7 +95,7 @@ def task_overrides(variant: str, config: Path, mrc_task: str) -> list[str]:
 def test_overrides(config: Path, langs: Sequence[str]) -> list[str]:
     """The fine-tuning config's test sets in ``langs`` and its region rule, as overrides."""
     from utils.config import load_config, to_dict
-    from utils.itm_config import RetrievalConfig
+    from training.itm_config import RetrievalConfig
 
     cfg = load_config(RetrievalConfig, config)
     sets = [to_dict(s) for s in cfg.test_datasets if s.lang in langs]
@@ -247,7 +245,7 @@ def summary_header(args: argparse.Namespace) -> list[str]:
 
 def summary(args: argparse.Namespace) -> str:
     """Write OUT/ablations.md and OUT/ablations.json from the runs found; returns the Markdown."""
-    from utils.checkpoint import atomic_write
+    from utils.atomic import atomic_write_text
 
     stages = [(f"itm_{s}/results/results.json", f"fine-tuned ({s.replace('_', '-')})") for s in args.settings]
     stages.append(("zeroshot/results.json", "zero-shot, ITM head"))
@@ -268,9 +266,8 @@ def summary(args: argparse.Namespace) -> str:
         if len(t5) > 1:
             parts.append(table(data, t5, f"Paper table 5 in miniature: MRTM vs MRC, {name}"))
     markdown = "\n".join(parts)
-    atomic_write(args.out / "ablations.md", lambda fh: fh.write(markdown.encode("utf-8")))
-    text = json.dumps(blob, indent=2, ensure_ascii=False) + "\n"
-    atomic_write(args.out / "ablations.json", lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write_text(args.out / "ablations.md", markdown)
+    atomic_write_text(args.out / "ablations.json", json.dumps(blob, indent=2, ensure_ascii=False) + "\n")
     return markdown
 
 
@@ -329,6 +326,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from utils.setup import run_cli
+    from training.setup import run_cli
 
     run_cli(main)

@@ -5,4 +5,6 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=$(command -v python3)
+# The repository on the import path also for a checkout that was not installed (pip install -e .).
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PYTHON" "$REPO/scripts/reproduce_ablations.py" "$@"

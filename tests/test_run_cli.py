@@ -1,11 +1,8 @@
 """run_cli: the project's own errors become one ``error: ...`` line; programming errors keep their traceback."""
 import pytest
 
-from data.errors import DataError, DataKeyError
-from utils.checkpoint import CheckpointError
-from utils.config import ConfigError
-from utils.distributed import DistributedError
-from utils.setup import run_cli
+from training.setup import run_cli
+from utils.errors import CheckpointError, ConfigError, DataError, DataKeyError, DistributedError
 
 
 def _raiser(exc: Exception):

@@ -16,7 +16,7 @@ from torch import nn
 
 from model.config import UC2ModelConfig
 from utils import distributed as du
-from utils.config import ConfigError
+from utils.errors import ConfigError, UC2Error
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +67,6 @@ def init_weights(model: nn.Module, cfg, xlmr_dir: str = "", partial: tuple[str, 
         load_uc2_checkpoint(model, path, allow_partial=True)
 
 
-def pick_device() -> torch.device:
-    """This rank's GPU when CUDA is available, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main``: set up logging, and turn the project's own errors (bad config, data,
     checkpoint or a failed rank — each message names the file/key) into one ``error: ...`` line and exit
@@ -81,19 +74,6 @@ def run_cli(main: Callable[[], object]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         main()
-    except user_errors() as err:
+    except UC2Error as err:  # the project's own errors only (utils/errors.py)
         sys.exit(f"error: {err}")
 
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """The project's own error types: raised for bad input (config, data, checkpoint, a failed rank).
-
-    Only these become a one-line message; a bare ``ValueError``/``KeyError``/``FileNotFoundError`` from
-    inside the code is a programming error (or an unchecked input, which should be checked and raise one of
-    these) and keeps its traceback.
-    """
-    from data.errors import DataError
-    from utils.checkpoint import CheckpointError
-    from utils.distributed import DistributedError
-
-    return (ConfigError, DataError, CheckpointError, DistributedError)

@@ -35,7 +35,7 @@ from utils.device import autocast
 from utils.errors import DataError
 from evaluation.retrieval_metrics import coco_1k_folds, retrieval_recalls
 
-CLS_ID = 0
+CLS_ID = 0  # XLM-R's <s> and </s>: defaults of a RetrievalSet built without a txt_db meta
 SEP_ID = 2
 HEADS = ("rank", "itm")
 
@@ -54,6 +54,7 @@ class RetrievalSet:
         txt2img: (n_txt,) int64 column index of each caption's image.
         img_nbb: (n_img,) number of regions of each image (used to sort images).
         load_image: ``fname -> (img_feat (n, D) float32, img_pos_feat (n, 7) float32)``.
+        cls_id, sep_id: the ids put around each caption (``CLS``/``SEP`` of the txt_db's meta).
     """
 
     name: str
@@ -63,6 +64,8 @@ class RetrievalSet:
     txt2img: np.ndarray
     img_nbb: np.ndarray
     load_image: ImageLoader
+    cls_id: int = CLS_ID
+    sep_id: int = SEP_ID
 
 
 @dataclass
@@ -132,6 +135,8 @@ def load_retrieval_set(name: str, txt_db, img_db) -> RetrievalSet:
         txt2img=np.asarray([col[f] for f in fnames], dtype=np.int64),
         img_nbb=np.asarray([img_db.name2nbb[f] for f in img_fnames], dtype=np.int64),
         load_image=lambda fname: image_arrays(img_db, fname),
+        cls_id=int(txt_db.meta["CLS"]),
+        sep_id=int(txt_db.meta["SEP"]),
     )
 
 
@@ -154,13 +159,14 @@ def image_blocks(nbb: Sequence[int], img_block: int) -> list[np.ndarray]:
     return [order[s:s + img_block] for s in range(0, len(order), img_block)]
 
 
-def text_batch(tokens: Sequence[np.ndarray], device: torch.device) -> dict:
+def text_batch(tokens: Sequence[np.ndarray], device: torch.device, cls_id: int = CLS_ID,
+               sep_id: int = SEP_ID) -> dict:
     """``<s> ids </s>`` for c captions: input_ids/position_ids (c, Lt) long, txt_lens (c,) long."""
     lens = torch.tensor([len(t) + 2 for t in tokens], dtype=torch.long)
     width = int(lens.max())
     input_ids = torch.full((len(tokens), width), PAD_ID, dtype=torch.long)
     for i, tok in enumerate(tokens):
-        input_ids[i, :lens[i]] = torch.as_tensor(np.concatenate([[CLS_ID], tok, [SEP_ID]]))
+        input_ids[i, :lens[i]] = torch.as_tensor(np.concatenate([[cls_id], tok, [sep_id]]))
     steps = torch.arange(width)[None, :]
     # XLM-R positions: first real token 2, padding 1.
     position_ids = torch.where(steps < lens[:, None], steps + FIRST_POSITION,
@@ -240,11 +246,23 @@ def split_backbone(model) -> SplitBackbone | None:
 
 
 def head_scores(model, pooled: torch.Tensor, head: str) -> torch.Tensor:
-    """(B,) pair scores from the pooled output (B, H): rank logit, or ITM match log-odds."""
-    if head == "rank":
-        return model.rank_output(pooled).squeeze(-1).float()
-    logits = model.itm_output(pooled).float()                         # (B, 2): [no match, match]
-    return logits[:, 1] - logits[:, 0]
+    """(B,) fp32 pair scores from the pooled output (B, H): rank logit, or ITM match log-odds.
+
+    The head runs in fp32 outside autocast: fp16/bf16 logits have so few distinct values that among
+    thousands of images a negative often ties with the positive, and a tie counts against it.
+    """
+    with torch.autocast(pooled.device.type, enabled=False):
+        pooled = pooled.float()
+        if head == "rank":
+            return model.rank_output(pooled).squeeze(-1)
+        logits = model.itm_output(pooled)                             # (B, 2): [no match, match]
+        return logits[:, 1] - logits[:, 0]
+
+
+def pair_scores(model, seq: torch.Tensor, head: str) -> torch.Tensor:
+    """(B,) fp32 pair scores from the backbone output ``seq`` (B, L, H): pooler and head in fp32."""
+    with torch.autocast(seq.device.type, enabled=False):
+        return head_scores(model, model.roberta.pooler(seq[:, :1].float()), head)
 
 
 def _score_block_full(model, txt: dict, img: dict, head: str) -> torch.Tensor:
@@ -254,7 +272,7 @@ def _score_block_full(model, txt: dict, img: dict, head: str) -> torch.Tensor:
     seq = model.roberta(txt["input_ids"].repeat_interleave(m, 0), txt["position_ids"].repeat_interleave(m, 0),
                         img["img_feat"].repeat(c, 1, 1), img["img_pos_feat"].repeat(c, 1, 1),
                         attn_masks, gather_index)                     # (c*m, L, H)
-    return head_scores(model, model.roberta.pooler(seq), head).view(c, m)
+    return pair_scores(model, seq, head).view(c, m)
 
 
 def _score_block_split(model, split: SplitBackbone, txt_emb: torch.Tensor, txt_lens: torch.Tensor,
@@ -273,7 +291,7 @@ def _score_block_split(model, split: SplitBackbone, txt_emb: torch.Tensor, txt_l
                       c * lt + (pair % m) * ni + (gather_index - lt))
     table = torch.cat([txt_emb.reshape(c * lt, hidden), img_emb.reshape(m * ni, hidden)])
     seq = split.encode(table[row], attn_masks)                        # (c*m, L, H)
-    return head_scores(model, model.roberta.pooler(seq), head).view(c, m)
+    return pair_scores(model, seq, head).view(c, m)
 
 
 def _model_device(model) -> torch.device:
@@ -302,7 +320,7 @@ def score_local_rows(model, dataset: RetrievalSet, settings: ScoreSettings, rank
         images = [_prepare_images(split, dataset, idx, device) for idx in img_blocks] if len(rows) else []
         start = 0
         for t_idx in txt_blocks:
-            txt = text_batch([dataset.txt_tokens[i] for i in t_idx], device)
+            txt = text_batch([dataset.txt_tokens[i] for i in t_idx], device, dataset.cls_id, dataset.sep_id)
             txt_emb = split.embed_text(txt["input_ids"], txt["position_ids"]) if split else None
             # One device-to-host copy per caption block, not per batch, so the GPU never waits on it.
             row = torch.empty(len(t_idx), len(dataset.img_fnames), device=device)

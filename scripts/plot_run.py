@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import struct
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -47,39 +46,40 @@ _KEY_VALUE = re.compile(r"(\S+?)=(\S+)")
 # Reading scalars
 # ----------------------------------------------------------------------------------------------------------
 def iter_event_records(path: Path):
-    """Yield the payload bytes of each record of a TensorBoard event file (TFRecord framing).
+    """Yield the payload bytes of each record of a TensorBoard event file, read by tensorboard's own
+    record reader (TFRecord framing, masked CRC-32C of length and data).
 
-    Framing per record: ``uint64 length, uint32 masked_crc(length), data, uint32 masked_crc(data)``.
     A record cut short at the end of the file (a run still writing, or killed mid-write) ends the file
     quietly; a checksum that does not match is a :class:`DataError` naming the file and byte offset.
     """
-    from tensorboardX.record_writer import masked_crc32c  # the writer's own checksum
+    from tensorboard.compat.tensorflow_stub import errors as tb_errors
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
 
-    data = path.read_bytes()
-    pos = 0
-    while pos + 12 <= len(data):
-        header = data[pos:pos + 8]
-        (length,) = struct.unpack("<Q", header)
-        (header_crc,) = struct.unpack("<I", data[pos + 8:pos + 12])
-        if masked_crc32c(header) != header_crc:
-            raise DataError(f"{path}: corrupt TensorBoard record at byte {pos} (length checksum mismatch); "
-                            "expected an event file written by tensorboardX")
-        end = pos + 12 + length + 4
-        if end > len(data):
-            return  # the last record is incomplete: keep what was fully written
-        payload = data[pos + 12:pos + 12 + length]
-        (data_crc,) = struct.unpack("<I", data[end - 4:end])
-        if masked_crc32c(payload) != data_crc:
-            raise DataError(f"{path}: corrupt TensorBoard record at byte {pos} (data checksum mismatch)")
-        yield payload
-        pos = end
+    reader = PyRecordReader_New(str(path))
+    offset = 0  # of the next record: 8-byte length, 4-byte CRC, data, 4-byte CRC
+    try:
+        while True:
+            try:
+                reader.GetNext()
+            except tb_errors.OutOfRangeError:
+                return
+            except tb_errors.DataLossError as exc:
+                if "truncated record" in str(exc):
+                    return  # the last record is incomplete: keep what was fully written
+                raise DataError(f"{path}: corrupt TensorBoard record at byte {offset} ({exc.message}); "
+                                "expected an event file written by tensorboardX") from exc
+            payload = reader.record()
+            offset += 16 + len(payload)
+            yield payload
+    finally:
+        reader.file_handle.close()
 
 
 def read_event_file(path: Path, series: Series, stamps: dict[tuple[str, int], float]) -> None:
     """Add the scalar values of one event file to ``series``; a step seen before is replaced only by a
     value written later (``stamps`` holds the wall time of the value kept per (tag, step))."""
     from google.protobuf.message import DecodeError
-    from tensorboardX.proto.event_pb2 import Event
+    from tensorboard.compat.proto.event_pb2 import Event
 
     for payload in iter_event_records(path):
         event = Event()

@@ -194,8 +194,9 @@ class Objective:
     def collate(self, examples: list[dict]) -> dict:
         raise NotImplementedError
 
-    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar loss of one batch and float logs."""
+    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        """Scalar loss of one batch and its logs: floats or detached 0-d tensors (never ``.item()``: the
+        trainer reads tensors once per log window, not once per micro-step)."""
         raise NotImplementedError
 
     def eval_stats(self, model, batch: dict) -> dict[str, float]:
@@ -300,7 +301,7 @@ class PretrainTask:
         for batch in self._loader(self.train_data, _BatchesFrom(self.train_sampler, start_batch)):
             yield move_to_device(batch, self.options.device)
 
-    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         return self.objective.compute_loss(model, batch)
 
     @torch.no_grad()

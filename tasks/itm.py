@@ -54,9 +54,9 @@ class ItmObjective(Objective):
         batch["targets"] = torch.tensor([ex["target"] for ex in examples], dtype=torch.long)  # (B,)
         return batch
 
-    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         loss = F.cross_entropy(itm_logits(model, batch).float(), batch["targets"])
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     def eval_stats(self, model, batch: dict) -> dict[str, float]:
         logits = itm_logits(model, batch).float()

@@ -76,10 +76,10 @@ def token_prediction(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, labels[targets]
 
 
-def token_loss_and_stats(model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+def token_loss_and_stats(model, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
     logits, labels = token_prediction(model, batch)
     loss = F.cross_entropy(logits.float(), labels)
-    return loss, {"loss": loss.item(), "n_targets": float(labels.numel())}
+    return loss, {"loss": loss.detach(), "n_targets": float(labels.numel())}
 
 
 def token_eval_stats(model, batch: dict) -> dict[str, float]:
@@ -101,7 +101,7 @@ class TokenPredictionObjective(Objective):
         batch["txt_labels"] = pad_labels([ex["txt_labels"] for ex in examples])  # (B, Lt)
         return batch
 
-    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         return token_loss_and_stats(model, batch)
 
     def eval_stats(self, model, batch: dict) -> dict[str, float]:

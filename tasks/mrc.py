@@ -35,9 +35,9 @@ class MrcObjective(RegionMaskObjective):
     def region_loss(self, logits: torch.Tensor, soft: torch.Tensor, reduction: str) -> torch.Tensor:
         return F.cross_entropy(logits, hard_targets(soft), reduction=reduction)
 
-    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         loss = self.region_loss(self._logits(model, batch), batch["mrc_label_targets"], "mean")
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     def eval_stats(self, model, batch: dict) -> dict[str, float]:
         logits, soft = self._logits(model, batch), batch["mrc_label_targets"]

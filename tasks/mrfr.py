@@ -25,9 +25,9 @@ class MrfrObjective(RegionMaskObjective):
         pred = model.feat_regress(self.masked_hidden(model, batch)).float()
         return F.mse_loss(pred, batch["feat_targets"].float(), reduction="none")
 
-    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         loss = self._errors(model, batch).mean()
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     def eval_stats(self, model, batch: dict) -> dict[str, float]:
         errors = self._errors(model, batch)

@@ -85,9 +85,9 @@ class MrtmObjective(RegionMaskObjective):
     def _logits(self, model, batch: dict) -> torch.Tensor:
         return model.cls(self.masked_hidden(model, batch)).float()  # (n_masked, V)
 
-    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         loss = F.cross_entropy(self._logits(model, batch), batch["mrtm_labels"])
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     def eval_stats(self, model, batch: dict) -> dict[str, float]:
         logits, labels = self._logits(model, batch), batch["mrtm_labels"]

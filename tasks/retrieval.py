@@ -203,8 +203,8 @@ class _PoolBatches:
 
 
 def rank_logits(model, batch: dict) -> torch.Tensor:
-    """(rows,) rank logits from the pooled output."""
-    return model.rank_output(model.roberta.pooler(run_backbone(model, batch))).squeeze(-1).float()
+    """(rows,) fp32 rank logits (pooler and head outside autocast, as in evaluation)."""
+    return itm_eval.pair_scores(model, run_backbone(model, batch), "rank")
 
 
 def select_rows(batch: dict, rows: torch.Tensor) -> dict:
@@ -216,7 +216,7 @@ def select_rows(batch: dict, rows: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def mine_hard_negatives(model, batch: dict, k: int) -> tuple[dict, dict[str, float]]:
+def mine_hard_negatives(model, batch: dict, k: int) -> tuple[dict, dict[str, torch.Tensor]]:
     """Keep, per group, the positive and the k highest-scoring negatives of each side of its pool.
 
     Scores the whole pool (B * (1 + 2n) rows) in eval mode, then returns a batch of B * (1 + 2k) rows in
@@ -234,7 +234,7 @@ def mine_hard_negatives(model, batch: dict, k: int) -> tuple[dict, dict[str, flo
     cols = torch.cat([torch.zeros_like(top_img[:, :1]), top_img, top_txt], 1)  # (B, 1 + 2k)
     rows = (torch.arange(len(scores), device=cols.device)[:, None] * (1 + 2 * n) + cols).reshape(-1)
     kept = scores.gather(1, cols[:, 1:])
-    logs = {"hard_neg_score": kept.mean().item(), "pool_neg_score": scores[:, 1:].mean().item()}
+    logs = {"hard_neg_score": kept.mean().detach(), "pool_neg_score": scores[:, 1:].mean().detach()}
     out = select_rows(batch, rows)
     out["n_neg"] = k
     return out, logs
@@ -273,14 +273,15 @@ class RetrievalTask:
         for batch in make_loader(self.dataset, batches, rank_collate, self.options):
             yield move_to_device(batch, self.options.device)
 
-    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         """Hinge loss of one micro-batch; pools larger than k are mined for hard negatives first."""
         k, logs = self.settings.negative_size, {}
         if batch["n_neg"] > k:
             batch, logs = mine_hard_negatives(model, batch, k)
         scores = torch.sigmoid(rank_logits(model, batch)).view(-1, 1 + 2 * k)     # (B, 1 + 2k)
         loss = hinge_rank_loss(scores[:, 0], scores[:, 1:], self.settings.margin)
-        logs.update(loss=loss.item(), pos_score=scores[:, 0].mean().item(), neg_score=scores[:, 1:].mean().item())
+        logs.update(loss=loss.detach(), pos_score=scores[:, 0].mean().detach(),
+                    neg_score=scores[:, 1:].mean().detach())
         return loss, logs
 
     def validate(self, model) -> dict[str, float]:

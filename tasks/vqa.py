@@ -180,9 +180,9 @@ class VqaObjective(Objective):
         batch["targets"] = soft_target_matrix(batch["target_labels"], batch["target_scores"], self.num_answers)
         return batch
 
-    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         loss = vqa_bce_loss(vqa_logits(model, batch).float(), batch["targets"])
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     def eval_stats(self, model, batch: dict) -> dict[str, float]:
         logits = vqa_logits(model, batch).float()                                   # (B, K)

@@ -1,10 +1,20 @@
 """VTLM (visual translation language modelling; ``tlm`` in the original code).
 
 Input ``<s> EN </s> <s> X </s>`` plus the image's (unmasked) regions; positions restart at 2 at the
-second ``<s>``. Co-masking: an English word chosen with p = mask_prob masks all its sub-tokens and
-those of its aligned words in X, with the same 80/10/10 decision; an English word without alignment
-masks nothing in X. Mode "full" co-masks every example; "mix" (the original default) co-masks half of
-them and masks the other half's two sides independently, token by token.
+second ``<s>``. Two co-masking rules (``vtlm_comask``):
+
+- ``"original"`` (default; the released ``random_word_dmasking``): each English *token* is chosen with
+  p = mask_prob; its word's first aligned X word (lowest index) gets one of its sub-tokens, drawn at
+  random, masked with the same 80/10/10 decision. So every English target brings at most one X target.
+  When no token is chosen, the first English token is (always with ``<mask>``), as in the released code.
+  One deviation: an English token whose word has no alignment masks nothing in X (the released code then
+  masks X token 0, a fallback of its dictionary lookup rather than a translation pair).
+- ``"whole_word"`` (this code's earlier rule, kept for the demo numbers measured with it): each English
+  *word* is chosen with p = mask_prob and masks all its sub-tokens and all sub-tokens of *every* aligned
+  X word, with one 80/10/10 decision per English word; at least one English word is chosen.
+
+Mode "full" co-masks every example; "mix" (the original default) co-masks half of them and masks the other
+half's two sides independently, token by token.
 """
 from __future__ import annotations
 
@@ -15,12 +25,13 @@ import torch
 
 from utils.errors import DataError
 from tasks.base import ExampleSource, MaskingConfig, text_example
-from tasks.mlm import TokenPredictionObjective, apply_actions, draw_actions, mask_tokens
+from tasks.mlm import ACTION_MASK, TokenPredictionObjective, apply_actions, draw_actions, mask_tokens
 from tasks.registry import register_task
 from utils.config import field
 from utils.errors import ConfigError
 
 MASK_MODES = ("full", "mix")
+CO_MASK_RULES = ("original", "whole_word")
 CO_MASK_SHARE = 0.5  # "mix" mode: share of co-masked examples
 
 
@@ -66,6 +77,43 @@ def co_mask(ids1, ids2, words1: list[np.ndarray], words2: list[np.ndarray], alig
         act1[words1[w]] = actions[w]
         for v in align.get(int(w), ()):
             act2[words2[v]] = actions[w]
+    return _apply_pair(ids1, ids2, act1, act2, meta, rng)
+
+
+def co_mask_tokens(ids1, ids2, words1: list[np.ndarray], words2: list[np.ndarray], align: dict[int, list[int]],
+                   mask_prob: float, meta: dict, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Co-mask an English/X pair by the released rule (``"original"``, see the module docstring).
+
+    Args and returns as :func:`co_mask`. Every English target brings at most one X target: a random
+    sub-token of the first aligned word of the English token's word.
+    """
+    ids1, ids2 = np.asarray(ids1, dtype=np.int64), np.asarray(ids2, dtype=np.int64)
+    chosen = rng.random(len(ids1)) < mask_prob
+    actions = draw_actions(len(ids1), rng)  # one decision per English token, shared with its X token
+    if not chosen.any():  # the released fallback: the first English token, always <mask>
+        chosen[0], actions[0] = True, ACTION_MASK
+    word_of = _word_of_token(words1, len(ids1))
+    act1 = np.where(chosen, actions, -1)
+    act2 = np.full(len(ids2), -1, dtype=np.int64)
+    for t in np.flatnonzero(chosen):
+        aligned = align.get(int(word_of[t])) if word_of[t] >= 0 else None
+        if aligned and len(words2[aligned[0]]):
+            pieces = words2[aligned[0]]
+            act2[pieces[rng.integers(len(pieces))]] = actions[t]
+    return _apply_pair(ids1, ids2, act1, act2, meta, rng)
+
+
+def _word_of_token(words: list[np.ndarray], n_tokens: int) -> np.ndarray:
+    """(n_tokens,) index of the first word holding each token, -1 for a token in no word."""
+    word_of = np.full(n_tokens, -1, dtype=np.int64)
+    for w in reversed(range(len(words))):  # reversed: the first word wins where words overlap
+        word_of[words[w]] = w
+    return word_of
+
+
+def _apply_pair(ids1: np.ndarray, ids2: np.ndarray, act1: np.ndarray, act2: np.ndarray, meta: dict,
+                rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Apply per-token actions (-1 = not a target) to both sides: (masked1, labels1, masked2, labels2)."""
     out = []
     for ids, act in ((ids1, act1), (ids2, act2)):
         masked, positions = ids.copy(), np.flatnonzero(act >= 0)
@@ -88,16 +136,23 @@ class VtlmConfig(MaskingConfig):
     """VTLM knobs: the masking probability and the co-masking mode."""
 
     vtlm_mask_mode: str = field("mix", help=f"one of {MASK_MODES}: 'mix' = 50% co-masked, 'full' = all")
+    vtlm_comask: str = field("original", help=f"co-masking rule, one of {CO_MASK_RULES} (module docstring)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.vtlm_mask_mode not in MASK_MODES:
             raise ConfigError(f"vtlm_mask_mode: expected one of {MASK_MODES}, got '{self.vtlm_mask_mode}'")
+        if self.vtlm_comask not in CO_MASK_RULES:
+            raise ConfigError(f"vtlm_comask: expected one of {CO_MASK_RULES}, got '{self.vtlm_comask}'")
 
 
 @register_task("vtlm", config=VtlmConfig, aliases=("tlm",))
 class VtlmObjective(TokenPredictionObjective):
     """Co-masked (or, in "mix" mode, half independently masked) paired captions; CE on both sides."""
+
+    def __init__(self, settings: VtlmConfig):
+        super().__init__(settings)
+        self._co_mask = co_mask_tokens if settings.vtlm_comask == "original" else co_mask
 
     def _mask_pair(self, fields: dict, meta: dict, txt_id: str, rng: np.random.Generator):
         ids1, ids2 = fields["input_ids_lang1"], fields["input_ids_lang2"]
@@ -108,7 +163,7 @@ class VtlmObjective(TokenPredictionObjective):
         co = self.settings.vtlm_mask_mode == "full" or rng.random() < CO_MASK_SHARE
         if co and words1:
             align = _alignment(fields.get("lang1_lang2_walign") or {}, len(words2), txt_id)
-            return co_mask(ids1, ids2, words1, words2, align, self.settings.mask_prob, meta, rng)
+            return self._co_mask(ids1, ids2, words1, words2, align, self.settings.mask_prob, meta, rng)
         masked1, labels1 = mask_tokens(ids1, self.settings.mask_prob, meta, rng)
         masked2, labels2 = mask_tokens(ids2, self.settings.mask_prob, meta, rng)
         return masked1, labels1, masked2, labels2

@@ -1,6 +1,7 @@
 """The retrieval scoring engine (evaluation/itm_eval.py) against a naive per-pair loop, across ranks, on disk."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -55,7 +56,7 @@ def naive_scores(model, ds: RetrievalSet, head: str) -> np.ndarray:
     model.eval()
     out = np.zeros((len(ds.txt_ids), len(ds.img_fnames)), dtype=np.float32)
     for i, tok in enumerate(ds.txt_tokens):
-        ids = torch.as_tensor(np.concatenate([[0], tok, [2]]))
+        ids = torch.as_tensor(np.concatenate([[ds.cls_id], tok, [ds.sep_id]]))
         for j, fname in enumerate(ds.img_fnames):
             feat, pos = ds.load_image(fname)
             batch = collate_backbone([{"input_ids": ids, "position_ids": xlmr_position_ids(len(ids)),
@@ -130,6 +131,7 @@ def test_load_scores_rejects_a_file_without_the_arrays(tmp_path):
 def test_load_retrieval_set_names_a_missing_image():
     class Txt:
         ids, txt2img, db_dir = ["0", "1"], {"0": "a.npz", "1": "b.npz"}, "/x/cap.db"
+        meta = {"CLS": 0, "SEP": 2, "MASK": 39}
 
         def __getitem__(self, key):
             return {"input_ids": [5, 6]}
@@ -139,6 +141,51 @@ def test_load_retrieval_set_names_a_missing_image():
 
     with pytest.raises(DataError, match=r"/x/imgs: image 'b.npz'.*/x/cap.db"):
         itm_eval.load_retrieval_set("t", Txt(), Img())
+
+
+def test_caption_specials_come_from_the_txt_db_meta():
+    """A txt_db whose meta names other CLS/SEP ids is scored with those ids (not XLM-R's 0 and 2)."""
+    rng = np.random.default_rng(1)
+    feats = {f"i{j}.npz": {"features": rng.normal(size=(3, IMG_DIM)).astype(np.float32),
+                           "norm_bb": rng.uniform(size=(3, 6)).astype(np.float32)} for j in range(3)}
+
+    class Txt:
+        ids, db_dir = ["0", "1", "2"], "/x/cap.db"
+        txt2img = {"0": "i0.npz", "1": "i1.npz", "2": "i2.npz"}
+        meta = {"CLS": 3, "SEP": 4, "MASK": 39}
+
+        def __getitem__(self, key):
+            return {"input_ids": [5 + int(key), 9, 11]}
+
+    class Img:
+        name2nbb, img_dir = {f: 3 for f in feats}, "/x/imgs"
+
+        def get(self, fname):
+            return feats[fname]
+
+    ds = itm_eval.load_retrieval_set("t", Txt(), Img())
+    assert (ds.cls_id, ds.sep_id) == (3, 4)
+    batch = itm_eval.text_batch(ds.txt_tokens[:1], torch.device("cpu"), ds.cls_id, ds.sep_id)
+    assert batch["input_ids"][0].tolist() == [3, 5, 9, 11, 4]
+    model = tiny_model()
+    got = itm_eval.score_matrix(model, ds, ScoreSettings(txt_block=2, img_block=2))
+    np.testing.assert_allclose(got, naive_scores(model, ds, "rank"), atol=1e-5, rtol=1e-5)
+    xlmr = itm_eval.score_matrix(model, dataclasses.replace(ds, cls_id=0, sep_id=2), ScoreSettings())
+    assert np.abs(got - xlmr).max() > 1e-3  # the ids matter, so the test would see the constants
+
+
+@pytest.mark.parametrize("use_split", [True, False])
+def test_scores_under_bf16_autocast_are_fp32_logits_without_ties(use_split):
+    """bf16 keeps 8 bits of mantissa: logits computed in it take few distinct values and a negative image
+    often ties with the positive. The pooler and head run in fp32, so scores are not bf16-rounded."""
+    model, ds = tiny_model(), tiny_set(n_img=60, caps_per_img=1)
+    settings = ScoreSettings(txt_block=8, img_block=16, use_split=use_split)
+    fp32 = itm_eval.score_matrix(model, ds, settings)
+    bf16 = itm_eval.score_matrix(model, ds, dataclasses.replace(settings, precision="bf16"))
+    rounded = torch.from_numpy(bf16).to(torch.bfloat16).float().numpy()
+    assert (rounded == bf16).mean() < 0.05, "scores are bf16 values: the head ran in bf16"
+    assert all(len(np.unique(row)) == len(row) for row in bf16), "tied scores within a caption's row"
+    np.testing.assert_allclose(bf16, fp32, atol=0.15 * np.ptp(fp32))  # the same scores, at bf16 accuracy
 
 
 def _rank_worker(rank: int, world: int, init_file: str, state_path: str, out_path: str) -> None:

@@ -12,7 +12,7 @@ from tasks.base import ExampleSource, MaskingConfig, mask_regions
 from tasks.itm import ItmConfig
 from tasks.mlm import MlmObjective, mask_tokens
 from tasks.mrtm import MrtmConfig, MrtmObjective
-from tasks.vtlm import VtlmConfig, VtlmObjective, co_mask
+from tasks.vtlm import VtlmConfig, VtlmObjective, co_mask, co_mask_tokens
 from tests.test_tasks import PieceTokenizer
 
 MASK = 99_999
@@ -176,7 +176,7 @@ def paired_source():
 
 
 def test_vtlm_example_layout_positions_and_full_mode():
-    vtlm = VtlmObjective(VtlmConfig(vtlm_mask_mode="full"))
+    vtlm = VtlmObjective(VtlmConfig(vtlm_mask_mode="full", vtlm_comask="whole_word"))
     ex = vtlm.build_example(paired_source(), 0, np.random.default_rng(5))
     ids, labels = ex["input_ids"], ex["txt_labels"]
     assert len(ids) == 7 + 5 + 4
@@ -189,7 +189,7 @@ def test_vtlm_example_layout_positions_and_full_mode():
 
 
 def test_vtlm_mix_mode_masks_some_examples_independently():
-    vtlm = VtlmObjective(VtlmConfig(vtlm_mask_mode="mix"))
+    vtlm = VtlmObjective(VtlmConfig(vtlm_mask_mode="mix", vtlm_comask="whole_word"))
     source, unexplained = paired_source(), 0
     for seed in range(200):
         labels = vtlm.build_example(source, 0, np.random.default_rng(seed))["txt_labels"]
@@ -204,10 +204,99 @@ def test_vtlm_bad_mode_and_bad_word_positions_raise():
     from utils.errors import DataError
     with pytest.raises(ConfigError, match="vtlm_mask_mode"):
         VtlmConfig(vtlm_mask_mode="half")
+    with pytest.raises(ConfigError, match="vtlm_comask: expected one of .*'original'"):
+        VtlmConfig(vtlm_comask="words")
     source = paired_source()
     source.parts[0][0].examples["p0"]["word2ids_lang2"] = [[0], [1], [2, 9], [4]]
     with pytest.raises(DataError, match=r"p0: word2ids_lang2\[2\]"):
         VtlmObjective(VtlmConfig(vtlm_mask_mode="full")).build_example(source, 0, np.random.default_rng(0))
+
+
+def check_original_rule(l1, m1, l2, m2, ids1, ids2, words1, words2, align):
+    """One co-masked pair against the released rule; returns the number of X targets it allows at most.
+
+    English targets are single tokens; the X targets of X word W number between 1 and min(k, len(W)) when
+    k English targets have W as their word's first aligned word (they may draw the same sub-token), else 0;
+    a lone English target's X token shares its 80/10/10 decision.
+    """
+    word_of = {int(p): w for w in reversed(range(len(words1))) for p in words1[w]}
+    feeders = {}
+    for t in np.flatnonzero(l1 != -1):
+        aligned = align.get(word_of.get(int(t), -1))
+        if aligned:
+            feeders.setdefault(aligned[0], []).append(int(t))
+    x_targets = set(np.flatnonzero(l2 != -1).tolist())
+    for v, ts in feeders.items():
+        hit = x_targets & set(np.asarray(words2[v]).tolist())
+        assert 1 <= len(hit) <= min(len(ts), len(words2[v])), (v, ts, hit)
+        x_targets -= hit
+        if len(ts) == 1:
+            (x,) = hit
+            assert _action(m1[ts], ids1[ts])[0] == _action(m2[[x]], ids2[[x]])[0]
+    assert not x_targets, f"X targets {sorted(x_targets)} are in no first-aligned word of an English target"
+    assert (l2[l2 != -1] == ids2[l2 != -1]).all() and (m2[l2 == -1] == ids2[l2 == -1]).all()
+    return sum(min(len(ts), len(words2[v])) for v, ts in feeders.items())
+
+
+def test_original_co_masking_chooses_tokens_and_one_subtoken_of_the_first_aligned_word():
+    n_en = n_x = whole_words_split = 0
+    for seed in range(400):
+        m1, l1, m2, l2 = co_mask_tokens(IDS1, IDS2, WORDS1, WORDS2, ALIGN, 0.3, META, np.random.default_rng(seed))
+        check_original_rule(l1, m1, l2, m2, IDS1, IDS2, WORDS1, WORDS2, ALIGN)
+        n_en, n_x = n_en + (l1 != -1).sum(), n_x + (l2 != -1).sum()
+        whole_words_split += 0 < (l1[WORDS1[1]] != -1).sum() < 3  # part of the three-piece English word
+        assert not (l2[WORDS2[2]] != -1).all()  # X word 2 is the *second* aligned word of EN word 1: never
+    assert abs(n_en / (400 * len(IDS1)) - 0.3) < 0.03  # tokens are chosen with mask_prob
+    assert whole_words_split > 100 and n_x < n_en
+
+
+def test_original_co_masking_falls_back_to_the_first_english_token_with_mask():
+    for seed in range(20):
+        m1, l1, m2, l2 = co_mask_tokens(IDS1, IDS2, WORDS1, WORDS2, ALIGN, 1e-9, META, np.random.default_rng(seed))
+        assert np.flatnonzero(l1 != -1).tolist() == [0] and m1[0] == MASK
+        assert np.flatnonzero(l2 != -1).tolist() == [1] and m2[1] == MASK  # EN word 0 -> X word 1
+
+
+def test_vtlm_default_rule_is_original_on_a_paired_db(tmp_path):
+    """Per example of a real paired txt_db: the X-side targets are those the released rule allows.
+
+    The former whole-word rule fails here: it masks every piece of a multi-piece X word and every aligned
+    X word, not one piece of the first.
+    """
+    from data.img_db import ImgDb, ImgDbWriter
+    from data.txt_db import TxtDb, TxtDbWriter
+
+    rng = np.random.default_rng(3)
+    with ImgDbWriter(tmp_path / "img") as writer:
+        writer.add("i0.npz", {**fake_image(12), "conf": np.full((12, 1), 0.9, dtype=np.float32)})
+    examples = {}
+    with TxtDbWriter(tmp_path / "pairs.db", {**META, "lang1": "en", "lang2": "de"}) as writer:
+        for i in range(40):
+            pieces1, pieces2 = rng.integers(1, 4, size=6), rng.integers(1, 4, size=5)  # pieces per word
+            words1 = np.split(np.arange(pieces1.sum()), np.cumsum(pieces1)[:-1])
+            words2 = np.split(np.arange(pieces2.sum()), np.cumsum(pieces2)[:-1])
+            align = {w: sorted(rng.choice(5, size=int(rng.integers(1, 3)), replace=False).tolist())
+                     for w in range(6) if rng.random() < 0.7}
+            ids1 = rng.integers(5, 1000, size=pieces1.sum()).tolist()
+            ids2 = rng.integers(5, 1000, size=pieces2.sum()).tolist()
+            examples[i] = (np.array(ids1), np.array(ids2), words1, words2, align)
+            writer.add(f"p{i}", {"input_ids": ids1 + [2, 0] + ids2, "input_ids_lang1": ids1,
+                                 "input_ids_lang2": ids2, "word2ids_lang1": [w.tolist() for w in words1],
+                                 "word2ids_lang2": [w.tolist() for w in words2],
+                                 "lang1_lang2_walign": align, "img_fname": "i0.npz"})
+    txt = TxtDb(tmp_path / "pairs.db")
+    source = ExampleSource([(txt, ImgDb(tmp_path / "img"))])
+    vtlm = VtlmObjective(VtlmConfig(vtlm_mask_mode="full", mask_prob=0.3))
+    hits = 0
+    for index, txt_id in enumerate(txt.ids):
+        ids1, ids2, words1, words2, align = examples[int(txt_id[1:])]
+        for seed in range(5):
+            ex = vtlm.build_example(source, index, np.random.default_rng(seed))
+            ids, labels, n1 = ex["input_ids"].numpy(), ex["txt_labels"].numpy(), len(ids1)
+            m1, l1 = ids[1:1 + n1], labels[1:1 + n1]
+            m2, l2 = ids[n1 + 3:-1], labels[n1 + 3:-1]
+            hits += check_original_rule(l1, m1, l2, m2, ids1, ids2, words1, words2, align) > 0
+    assert hits > 100  # most examples had X targets to check
 
 
 # --- MRTM targets --------------------------------------------------------------------------------

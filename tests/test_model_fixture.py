@@ -104,7 +104,7 @@ def test_fp32_checkpoint_reproduces_original_outputs(fx):
         expected = torch.from_numpy(fx["arrays"][name])
         assert value.shape == expected.shape, name
         diff = (value - expected).abs().max().item()
-        assert diff < 1e-4, f"{name}: max abs diff {diff}"
+        assert diff < 1e-5, f"{name}: max abs diff {diff}"  # measured 6e-7 at most (x86 CPU); README says 1e-5
 
 
 def test_encoder_eps_1e12_is_what_the_original_used(fx):

@@ -90,8 +90,11 @@ class _Rebatch:
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_paths(tmp_path, precision):
+    """bf16 autocast and fp16 autocast + GradScaler both run on the CPU (torch >= 2.3 has CPU kernels and a
+    CPU GradScaler), so an AMP failure here is a failure, never a skip."""
     cfg = _cfg(tmp_path, precision=precision, num_train_steps=4)
     trainer = _trainer(cfg)
+    start = [p.detach().clone() for p in trainer.model.parameters()]
     if precision == "fp16":
         assert trainer.scaler is not None
     else:
@@ -105,14 +108,14 @@ def test_mixed_precision_paths(tmp_path, precision):
         return orig(model, batch)
 
     trainer.tasks[0].compute_loss = spy
-    try:
-        trainer.train()
-    except RuntimeError as exc:  # pragma: no cover - depends on the CPU kernels of this torch build
-        pytest.skip(f"{precision} autocast not supported on this CPU build: {exc}")
+    trainer.train()
     assert seen and seen[0] == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     state = load_torch_file(Path(cfg.output_dir) / "ckpt" / "train_state_step_4.pt")
     assert (state["scaler"] is not None) == (precision == "fp16")
+    if precision == "fp16":  # the scaler really ran: a positive finite scale was saved for resume
+        assert 0 < state["scaler"]["scale"] < float("inf")
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert any(not torch.equal(a, p.detach()) for a, p in zip(start, trainer.model.parameters()))
 
 
 def test_best_model_kept_by_metric(tmp_path):
@@ -275,3 +278,64 @@ def test_logged_values_average_over_the_steps_that_report_them_and_the_last_wind
     assert sorted(logged["loss/reg_a"]) == [4, 7]  # 7 is a partial window
     # reported on 2 of 4 (then 2 of 3) steps, always 1.0: its average is 1, not 0.5 (or 0.67)
     assert logged["train/reg_a/odd_step"] == {4: 1.0, 7: 1.0}, logged
+
+
+class _Watched(torch.Tensor):
+    """A tensor that records when its value is read on the host (``item``, ``float()``, ``tolist``)."""
+
+    reads: list = []
+
+    def item(self):
+        _Watched.reads.append("item")
+        return super().item()
+
+    def __float__(self):
+        _Watched.reads.append("float")
+        return super().__float__()
+
+    def tolist(self):
+        _Watched.reads.append("tolist")
+        return super().tolist()
+
+
+class _TensorLogs(ToyTask):
+    """Logs ``mse`` as a detached tensor, as the real tasks do; keeps each micro-step's value for the test."""
+
+    values: list = []
+
+    def compute_loss(self, model, batch):
+        pred = model(batch["x"], self.head)
+        loss = ((pred.float() - batch["y"]) ** 2).mean()
+        self.values.append(loss.detach().item())  # a plain tensor: not counted as a trainer read
+        return loss, {"mse": loss.detach().as_subclass(_Watched)}
+
+
+def test_logs_are_read_once_per_log_window_and_equal_per_step_float_sums(tmp_path):
+    """No host read of a logged tensor on the micro-steps (the old trainer called float() on each); the
+    window's mean is bit-for-bit the one of the old per-micro-step float arithmetic."""
+    accum, window = 2, 3
+    cfg = _cfg(tmp_path, num_train_steps=6, log_steps=window, gradient_accumulation_steps=accum)
+    model, _ = build(cfg, batch_size=8)
+    task = _TensorLogs("reg_a", 1.0, 0, "a", 8)
+    trainer = Trainer(model, [task], cfg, device=torch.device("cpu"))
+    logged = []
+    trainer.logger.scalars = lambda step, scalars: logged.append((step, scalars))
+    trainer._setup_run()
+    reads_at_log = []
+    for step in range(6):
+        _Watched.reads.clear()
+        trainer._train_step()
+        assert _Watched.reads == [], f"step {step}: logged tensors read on the host ({_Watched.reads})"
+        if trainer.step % window == 0:
+            trainer._log_window()
+            reads_at_log.append(list(_Watched.reads))
+    trainer.logger.close()
+    assert reads_at_log == [["tolist"], ["tolist"]]  # one transfer per window
+    for (step, scalars), start in zip(logged, (0, window)):
+        total = 0.0
+        for k in range(start, start + window):  # the old arithmetic: float(v) / accum per micro-step
+            step_sum = 0.0
+            for v in task.values[k * accum:(k + 1) * accum]:
+                step_sum += v / accum
+            total += step_sum
+        assert scalars["train/reg_a/mse"] == total / window, step

@@ -101,6 +101,9 @@ class PretrainConfig(TrainConfig):
     mask_prob: float = field(0.15, help="masking probability for text tokens and regions (orig. mrm_prob)")
     itm_neg_prob: float = field(0.5, help="probability that ITM swaps in a random image")
     vtlm_mask_mode: Literal["mix", "full"] = field("mix", help="VTLM: 'mix' = 50% co-masked, 'full' = all")
+    vtlm_comask: Literal["original", "whole_word"] = field(
+        "original", help="VTLM co-masking: 'original' = released token rule (one X sub-token of the first "
+                         "aligned word per English token), 'whole_word' = whole words, all aligned words")
     label_dir: str = field("", help="MRTM files: object vocabulary translated per language")
     xlmr_dir: str = field("", help="Hugging Face XLM-R folder used to initialise the model (optional)")
     early_adaptation: EarlyAdaptationConfig | None = field(None, help="Early Adaptation settings (optional)")

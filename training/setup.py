@@ -16,7 +16,7 @@ from torch import nn
 
 from model.config import UC2ModelConfig
 from utils import distributed as du
-from utils.errors import ConfigError
+from utils.errors import ConfigError, UC2Error
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +73,9 @@ def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main``: set up logging, and turn the project's own errors (bad config, data,
     checkpoint or a failed rank — each message names the file/key) into one ``error: ...`` line and exit
     status 1 instead of a traceback. Programming errors still show their traceback."""
-    from utils.errors import CheckpointError
-    from utils.errors import DistributedError
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         main()
-    except (ValueError, FileNotFoundError, CheckpointError, DistributedError) as err:
+    except UC2Error as err:  # the project's own errors only (utils/errors.py)
         sys.exit(f"error: {err}")
+

@@ -39,7 +39,7 @@ class TrainTask(Protocol):
 
     def train_batches(self, start_batch: int) -> Iterator[dict]: ...
 
-    def compute_loss(self, model: nn.Module, batch: dict) -> tuple[Tensor, dict[str, float]]: ...
+    def compute_loss(self, model: nn.Module, batch: dict) -> tuple[Tensor, dict[str, float | Tensor]]: ...
 
     def validate(self, model: nn.Module) -> dict[str, float]: ...
 
@@ -98,6 +98,8 @@ class Trainer:
         self.step = 0
         self.consumed = {t.name: 0 for t in self.tasks}
         self.best_value: float | None = None
+        self.last_task: str | None = None  # the task and loss (0-d tensor) of the latest optimizer step
+        self.last_loss: Tensor | None = None
         self._streams: dict[str, Iterator[dict]] = {}
         self._window: dict[str, Any] = self._new_window()
 
@@ -156,6 +158,7 @@ class Trainer:
         loss, logs, n_examples = self._accumulate(task)
         grad_norm = self._optimizer_step()
         self.step += 1
+        self.last_task, self.last_loss = task.name, loss  # for callbacks; a tensor: reading it syncs
         self._record(task.name, loss, logs, n_examples, grad_norm, time.perf_counter() - start)
 
     def draw_task(self, step: int) -> TrainTask:
@@ -169,11 +172,15 @@ class Trainer:
             self._streams[task.name] = iter(task.train_batches(self.consumed[task.name]))
         return self._streams[task.name]
 
-    def _accumulate(self, task: TrainTask) -> tuple[Tensor, dict[str, float], int]:
-        """Forward/backward of ``gradient_accumulation_steps`` micro-batches; grads are summed in .grad."""
+    def _accumulate(self, task: TrainTask) -> tuple[Tensor, dict[str, float | Tensor], int]:
+        """Forward/backward of ``gradient_accumulation_steps`` micro-batches; grads are summed in .grad.
+
+        Tensor logs stay on the device (float64, so their sums equal the Python-float sums of a
+        ``.item()`` per micro-step) until :meth:`_log_window` reads them all at once.
+        """
         accum = self.cfg.gradient_accumulation_steps
         total = torch.zeros((), device=self.device)
-        logs_sum: dict[str, float] = defaultdict(float)
+        logs_sum: dict[str, float | Tensor] = defaultdict(float)
         n_examples = 0
         for _ in range(accum):
             batch = next(self._stream(task))
@@ -186,7 +193,8 @@ class Trainer:
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             total += loss.detach()
             for key, value in logs.items():
-                logs_sum[key] += float(value) / accum
+                value = value.detach().double() if isinstance(value, Tensor) else float(value)
+                logs_sum[key] += value / accum
         return total, dict(logs_sum), n_examples
 
     def _optimizer_step(self) -> Tensor:
@@ -212,7 +220,7 @@ class Trainer:
         return {"loss": defaultdict(float), "count": defaultdict(int), "logs": defaultdict(float),
                 "log_count": defaultdict(int), "grad_norm": 0.0, "steps": 0, "examples": 0, "seconds": 0.0, "lr": 0.0}
 
-    def _record(self, name: str, loss: Tensor, logs: dict[str, float], n_examples: int, grad_norm: Tensor,
+    def _record(self, name: str, loss: Tensor, logs: dict[str, float | Tensor], n_examples: int, grad_norm: Tensor,
                 seconds: float) -> None:
         win = self._window
         win["loss"][name] += loss  # tensors: no device sync until the window is logged
@@ -234,12 +242,20 @@ class Trainer:
         losses = du.all_reduce_mean(torch.stack([torch.as_tensor(win["loss"][n], dtype=torch.float32,
                                                                  device=self.device) for n in names]))
         scalars = {f"loss/{n}": float(v) / win["count"][n] for n, v in zip(names, losses.tolist())}
-        scalars.update({f"train/{k}": v / win["log_count"][k] for k, v in win["logs"].items()})
+        scalars.update({f"train/{k}": v / win["log_count"][k] for k, v in self._read_logs(win["logs"]).items()})
         scalars["lr"] = win["lr"]
         scalars["grad_norm"] = float(win["grad_norm"]) / win["steps"]
         scalars["examples_per_s"] = win["examples"] * du.get_world_size() / max(win["seconds"], 1e-9)
         self.logger.scalars(self.step, scalars)
         self.logger.info(f"step {self.step}: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
+
+    @staticmethod
+    def _read_logs(sums: dict[str, float | Tensor]) -> dict[str, float]:
+        """The window's log sums as floats: the tensor ones copied to the host in one transfer."""
+        keys = [k for k, v in sums.items() if isinstance(v, Tensor)]
+        values = torch.stack([sums[k] for k in keys]).tolist() if keys else []
+        read = dict(zip(keys, values))
+        return {k: read.get(k, v) for k, v in sums.items()}  # insertion order kept
 
     # ------------------------------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:

@@ -41,6 +41,19 @@ def load_model(cfg: RetrievalEvalConfig) -> tuple[UC2ForImageTextRetrieval, str]
     return model.to(default_device()).eval(), head
 
 
+def check_test_data(cfg: RetrievalEvalConfig, mconf: UC2ModelConfig) -> None:
+    """Every test set's txt_db and img_db fit the model, checked before any set is scored."""
+    from data.compat import check_img_db_width, check_txt_db_vocab
+    from data.img_db import ImgDb
+    from data.txt_db import TxtDb
+
+    where = f"the model ({cfg.model_config or 'default config'})"
+    rule = {"conf_th": cfg.conf_th, "max_bb": cfg.max_bb, "min_bb": cfg.min_bb, "num_bb": cfg.num_bb}
+    for spec in cfg.test_datasets:
+        check_txt_db_vocab(TxtDb(spec.txt_db), mconf.vocab_size, where)
+        check_img_db_width(ImgDb(spec.img_db, **rule), mconf.img_dim, where)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Evaluate, write and print the table (rank 0); returns the per-set results."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -48,6 +61,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     du.init_distributed()
     try:
         model, head = load_model(cfg)
+        check_test_data(cfg, model.config)
         setting = cfg.setting or ("Zero-shot (ITM head)" if head == "itm" else "Fine-tuned")
         settings = itm_eval.ScoreSettings(head=head, txt_block=cfg.eval.txt_block, img_block=cfg.eval.img_block,
                                           precision=cfg.precision)

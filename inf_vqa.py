@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from data.compat import check_parts
 from data.errors import DataError
 from data.sampler import OrderedBatchSampler
 from data.tasks.base import LoaderOptions, TaskDataset
@@ -217,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         source = open_vqa_source([args.txt_db], [img_db], label2ans, cfg, None)
         device = pick_device()
         model = load_model(args, len(label2ans), device)
+        check_parts(source.parts, model.config, f"the model ({_run_file(args, args.model_config, 'model.json')})")
         data = TaskDataset(source, VqaObjective(label2ans=label2ans))
         rows = gather_predictions(model, data, args, cfg.seed, args.precision or cfg.precision, device)
         lang = question_lang(args, source)

@@ -20,6 +20,7 @@ def build_trainer(cfg, callbacks: Sequence[Callable] = ()):
 
     ``callbacks`` are passed to the trainer (called as ``cb(trainer)`` after every optimizer step).
     """
+    from data.compat import check_parts, task_parts
     from data.img_db import ImgDb
     from data.tasks.build import build_pretrain_tasks
     from data.tokenizer import load_tokenizer
@@ -45,6 +46,8 @@ def build_trainer(cfg, callbacks: Sequence[Callable] = ()):
                           "early_adaptation.init_from to its output")
     init_weights(model, cfg, cfg.xlmr_dir, partial=(ea.init_from,) if ea is not None and ea.init_from else ())
     tasks = build_pretrain_tasks(cfg, tokenizer, info.rank, info.world_size, device)
+    check_parts([part for task in tasks for part in task_parts(task)], model_config,
+                f"the model ({cfg.model_config or cfg.xlmr_dir or 'XLM-R base shape'})", tokenizer)
     return Trainer(model, tasks, cfg, device=device, model_config=model_config.to_dict(), callbacks=callbacks)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from data.compat import check_img_db_width, check_parts, task_parts
 from data.img_db import ImgDb
 from data.tasks.base import LoaderOptions
 from data.tasks.retrieval import PairSource, RankSettings, RetrievalTask
@@ -64,6 +65,14 @@ def build_task(cfg: RetrievalConfig) -> RetrievalTask:
         options=LoaderOptions(num_workers=cfg.n_workers))
 
 
+def check_run_data(cfg: RetrievalConfig, task: RetrievalTask, mconf: UC2ModelConfig) -> None:
+    """Every db of the run (training parts, validation and test image dbs) fits the model, before training."""
+    where = f"the model ({cfg.model_config or 'default config'}, img_dim from {cfg.train_datasets[0].img_db})"
+    check_parts(task_parts(task), mconf, where)
+    for spec in [*cfg.val_datasets, *cfg.test_datasets]:
+        check_img_db_width(ImgDb(spec.img_db, **img_rule(cfg)), mconf.img_dim, where)
+
+
 def lr_multipliers(cfg: RetrievalConfig) -> dict[str, float] | None:
     """Per-prefix learning-rate multipliers: the XLM-R text embeddings may get their own rate."""
     return {"roberta.embeddings": cfg.embeddings_lr_mult} if cfg.embeddings_lr_mult != 1.0 else None
@@ -94,6 +103,7 @@ def main(argv: list[str] | None = None) -> str:
     try:
         model, mconf = build_model(cfg)
         task = build_task(cfg)
+        check_run_data(cfg, task, mconf)
         trainer = Trainer(model, [task], cfg, model_config=mconf.to_dict(), lr_multipliers=lr_multipliers(cfg),
                           best_metric=f"{TASK_NAME}/r_mean" if cfg.val_datasets else None)
         trainer.train()

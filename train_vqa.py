@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from data.compat import check_parts, task_parts
 from data.tasks.vqa import build_vqa_task, load_label2ans
 from model.config import UC2ModelConfig
 from model.model import UC2ForVQA
@@ -86,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         label2ans = answer_vocab(cfg)
         task = build_vqa_task(cfg, label2ans, info.rank, info.world_size, device)
         model, model_config = build_model(cfg, len(label2ans), task.train_data.source.parts[0][1])
+        check_parts(task_parts(task), model_config, f"the model ({cfg.model_config or 'default config'}, "
+                    f"img_dim from {cfg.train_img_dbs[0]})")
         if du.is_main():
             # Refuse a directory holding another run before writing anything into it.
             check_run_dir(cfg.output_dir, to_dict(cfg), resuming=cfg.resume != "none")

@@ -12,6 +12,8 @@ with ``--compress``), and the box counts in ``OUT_DIR/nbb_th{conf_th}_max{max_bb
 
 Differences from UNITER, on purpose: OUT_DIR is the image-set folder itself (UNITER appended the input
 folder's name); files are read in name order (deterministic ``__keys__``); pickled arrays are refused;
+files holding NaN/Inf or values beyond float16's range (|x| > 65504) are dropped and reported by name (UNITER
+stored them, and training then ran on NaN);
 the nbb json records the boxes actually kept (UNITER wrote min_bb even for images with fewer boxes);
 ``--conf_th -1`` keeps ``num_bb`` boxes (UNITER ignored num_bb there).
 """
@@ -33,7 +35,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data.errors import DataError  # noqa: E402
-from data.img_db import ImgDbWriter, compute_num_bb  # noqa: E402
+from data.img_db import ImgDbWriter, compute_num_bb, float_storage_problem  # noqa: E402
 
 
 def _boxes_to_keep(dump: dict, n: int, conf_th: float, max_bb: int, min_bb: int, num_bb: int,
@@ -59,6 +61,10 @@ def _check_npz(dump: dict, needs_conf: bool) -> str | None:
     bad = [k for k, a in dump.items() if a.ndim > 2 or (a.ndim == 2 and a.shape[0] != n)]
     if bad:
         return f"array '{bad[0]}' has shape {dump[bad[0]].shape}, expected ({n}, ...) or 1-d"
+    for key, arr in dump.items():  # float arrays are stored as float16: NaN/Inf or overflow would poison training
+        problem = float_storage_problem(arr)
+        if problem:
+            return f"array '{key}' {problem}"
     return None
 
 

@@ -76,13 +76,41 @@ def pick_device() -> torch.device:
 
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main``: set up logging, and turn the project's own errors (bad config, data,
-    checkpoint or a failed rank — each message names the file/key) into one ``error: ...`` line and exit
-    status 1 instead of a traceback. Programming errors still show their traceback."""
+    checkpoint, a failed rank, a full disk, a held run lock — each message names the file/key) into one
+    ``error: ...`` line and exit status 1 instead of a traceback; Ctrl-C and SIGTERM into one
+    ``interrupted ...`` line saying what was kept (exit 130 / 143). Programming errors still show their
+    traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(cli_outcome(main))
+
+
+def cli_outcome(main: Callable[[], object]) -> int:
+    """Call ``main`` and return the exit status, printing one line to stderr for the errors a user can fix
+    (and for interruptions); other exceptions propagate with their traceback."""
     from utils.checkpoint import CheckpointError
     from utils.distributed import DistributedError
+    from utils.faults import Interrupted, RunError, handle_termination, interruption_line, is_disk_full
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handle_termination()
     try:
         main()
-    except (ValueError, FileNotFoundError, CheckpointError, DistributedError) as err:
-        sys.exit(f"error: {err}")
+    except KeyboardInterrupt as exc:
+        _flush_logs()
+        print(interruption_line(exc), file=sys.stderr)
+        return 128 + (exc.signum if isinstance(exc, Interrupted) else 2)
+    except (ValueError, FileNotFoundError, CheckpointError, DistributedError, RunError) as err:
+        _flush_logs()
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        print(f"error: disk full: {err.filename or err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _flush_logs() -> None:
+    """Flush every logging handler (the run's log.txt among them) before the process ends."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()

@@ -25,6 +25,7 @@ from optim.sched import build_scheduler
 from utils import distributed as du
 from utils.checkpoint import CheckpointError, CheckpointManager, check_run_dir, prepare_run_dir
 from utils.config import ConfigError, to_dict
+from utils.faults import NonFiniteLossError, RunLock, check_output_dir, clean_stale_temps
 from utils.logger import RunLogger
 from utils.misc import autocast, batch_size_of, make_grad_scaler, move_to_device, step_seed
 
@@ -93,6 +94,7 @@ class Trainer:
         self._owns_logger = logger is None
         if du.is_main():
             # Before the logger opens log.txt and a TensorBoard file there: a refused directory stays untouched.
+            check_output_dir(cfg.output_dir)
             check_run_dir(cfg.output_dir, self._hps(), resuming=cfg.resume != "none")
         self.logger = logger or RunLogger(cfg.output_dir, enabled=du.is_main())
         self.model_config = model_config
@@ -146,6 +148,7 @@ class Trainer:
             if last_saved != self.step:
                 self.save()
         finally:
+            self._release_run()
             if self._owns_logger:
                 self.logger.close()
         return metrics
@@ -157,9 +160,41 @@ class Trainer:
         group = self.optimizer.param_groups[0]
         self._window["lr"] = group["lr"] / group.get("lr_mult", 1.0)  # this step's LR, without the group multiplier
         loss, logs, n_examples = self._accumulate(task)
+        if not self._loss_is_finite(task, loss):
+            self._skip_step()
+            return
         grad_norm = self._optimizer_step()
         self.step += 1
         self._record(task.name, loss, logs, n_examples, grad_norm, time.perf_counter() - start)
+
+    def _loss_is_finite(self, task: TrainTask, loss: Tensor) -> bool:
+        """False when this step's loss is NaN/Inf on any rank (the same answer on every rank).
+
+        Counts consecutive such steps and stops the run after ``max_nonfinite_steps`` of them, before
+        anything is saved: the checkpoints on disk all hold finite weights, and none is rotated out.
+        """
+        if bool(torch.isfinite(du.all_reduce_mean(loss))):  # NaN on one rank makes the mean NaN
+            self._nonfinite_run = 0
+            return True
+        self._nonfinite_run = getattr(self, "_nonfinite_run", 0) + 1
+        limit = getattr(self.cfg, "max_nonfinite_steps", 0)
+        self.logger.info(f"step {self.step + 1}: loss of task {task.name} is {float(loss)}; step skipped "
+                         f"({self._nonfinite_run} in a row)")
+        if limit and self._nonfinite_run >= limit:
+            kept = self.ckpt.latest()
+            raise NonFiniteLossError(
+                f"training stopped at step {self.step + 1}: the loss was NaN/Inf for {self._nonfinite_run} "
+                f"consecutive steps (max_nonfinite_steps={limit}, last task {task.name}); "
+                + (f"the last checkpoint, step {kept} in {self.ckpt.dir}, is kept unchanged"
+                   if kept is not None else "no checkpoint had been written")
+                + "; check the data for NaN/Inf features or lower learning_rate")
+        return False
+
+    def _skip_step(self) -> None:
+        """Drop this step's gradients without touching the weights; the schedule still advances."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
 
     def draw_task(self, step: int) -> TrainTask:
         """The task of optimizer step ``step``: a weighted draw seeded by (seed, step), equal on all ranks."""
@@ -279,6 +314,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ checkpoints
     def save(self) -> None:
         """Checkpoint the current step (rank 0 writes; every rank contributes its RNG state)."""
+        self._check_finite_weights()
         rng = du.all_gather_object(_rng_state())
         if du.is_main():
             state = {
@@ -292,6 +328,13 @@ class Trainer:
             self.logger.info(f"saved checkpoint of step {self.step} in {self.ckpt.dir}")
         du.barrier()
 
+    def _check_finite_weights(self) -> None:
+        """Refuse to checkpoint NaN/Inf weights: saving them would rotate a good checkpoint out."""
+        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NonFiniteLossError(f"not saving step {self.step}: parameters {bad[:4]} hold NaN/Inf; the "
+                                     f"checkpoints in {self.ckpt.dir} are kept unchanged")
+
     def _hps(self) -> dict[str, Any]:
         """The run config as ``hps.json`` holds it."""
         return to_dict(self.cfg) if dataclasses.is_dataclass(self.cfg) else dict(vars(self.cfg))
@@ -299,10 +342,24 @@ class Trainer:
     def _setup_run(self) -> None:
         """Write/check the run directory, then resume or make all ranks start from rank 0's weights."""
         if du.is_main():
+            self._claim_run_dir()
             prepare_run_dir(self.cfg.output_dir, self._hps(), self.model_config, resuming=self.cfg.resume != "none")
         du.barrier()
         if not self._resume():
             du.broadcast_params(self.model)
+
+    def _claim_run_dir(self) -> None:
+        """Lock the output directory against a second run, then remove what dead writers left there."""
+        self._lock = RunLock(self.cfg.output_dir).acquire()
+        for folder in (self.cfg.output_dir, self.ckpt.dir):  # not recursive: output_dir may hold much else
+            clean_stale_temps(folder, recursive=False)
+        for orphan in self.ckpt.prune_orphans():
+            self.logger.info(f"removed {orphan}: a model file whose save was interrupted before its train state")
+
+    def _release_run(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
 
     def _resume_source(self) -> tuple[CheckpointManager, int] | None:
         """Which checkpoint to continue from: ``resume`` = 'auto', 'none', a ckpt dir, or a train-state file."""

@@ -22,6 +22,7 @@ from model.weights import load_uc2_checkpoint, read_state_file
 from utils import distributed as du
 from utils import itm_eval
 from utils.config import parse_args_and_config
+from utils.faults import check_output_dir
 from utils.itm_config import RetrievalEvalConfig
 from utils.trainer import default_device
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     """Evaluate, write and print the table (rank 0); returns the per-set results."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = parse_args_and_config(RetrievalEvalConfig, argv)
+    check_output_dir(cfg.output_dir)  # before any scoring
     du.init_distributed()
     try:
         model, head = load_model(cfg)

@@ -36,6 +36,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data.errors import DataError  # noqa: E402
 from data.img_db import ImgDbWriter, compute_num_bb, float_storage_problem  # noqa: E402
+from utils.faults import RunError, check_output_dir, handle_termination, interruption_line  # noqa: E402
 
 
 def _boxes_to_keep(dump: dict, n: int, conf_th: float, max_bb: int, min_bb: int, num_bb: int,
@@ -113,6 +114,7 @@ def convert_imgdir(img_dir: str | os.PathLike, output: str | os.PathLike, conf_t
     files = sorted(src.glob("*.npz"))
     if not files:
         raise DataError(f"{src}: no .npz feature files inside")
+    check_output_dir(output, "--output")
     Path(output).mkdir(parents=True, exist_ok=True)
     load = functools.partial(load_npz, conf_th=conf_th, max_bb=max_bb, min_bb=min_bb, num_bb=num_bb,
                              keep_all=keep_all)
@@ -163,12 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = convert_imgdir(args.img_dir, args.output, args.conf_th, args.max_bb, args.min_bb,
                                  args.num_bb, args.keep_all, args.compress, args.nproc, args.overwrite)
-    except DataError as exc:
+    except (DataError, RunError) as exc:  # RunError: a full disk, named by its path
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:  # the writer removed its build folder on the way out
+        print(interruption_line(exc), file=sys.stderr)
+        return 130
     print(summary_line(summary))
     return 0
 
 
 if __name__ == "__main__":
+    handle_termination()
     sys.exit(main())

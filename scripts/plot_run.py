@@ -38,6 +38,7 @@ if __name__ == "__main__":  # run as a script from any cwd: make the repository'
         sys.path.insert(0, _ROOT)
 
 from data.errors import DataError  # noqa: E402
+from utils.faults import usual_file_mode  # noqa: E402
 
 # tag -> {step: value}; steps are optimizer steps
 Series = dict[str, dict[int, float]]
@@ -222,6 +223,7 @@ def _save(fig, path: Path) -> Path:
     """Save a figure as PNG through a temporary file in the same folder, then rename it into place."""
     plt = _pyplot()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".png", dir=path.parent)
+    os.fchmod(fd, usual_file_mode())  # mkstemp's 0600 would make the plot private
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")

@@ -46,6 +46,13 @@ class NonFiniteLossError(RunError):
 class DiskFullError(RunError, OSError):
     """No space left on the device (or the quota is used up) while writing the named path."""
 
+    def __init__(self, message: str, path: str | os.PathLike) -> None:
+        super().__init__(message)
+        self.errno, self.filename = errno.ENOSPC, str(path)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
 
 class RunLockError(RunError):
     """Another live process holds the output directory."""
@@ -108,8 +115,8 @@ def disk_full_guard(path: str | os.PathLike) -> Iterator[None]:
         raise
     except Exception as exc:  # noqa: BLE001 - torch/lmdb wrap the OSError in their own types
         if is_disk_full(exc):
-            raise DiskFullError(errno.ENOSPC, f"disk full: {path} could not be written (free space on "
-                                f"its device, then run the command again; nothing partial was kept)") from exc
+            raise DiskFullError(f"disk full: {path} could not be written (free space on its device, then run "
+                                f"the command again; nothing partial was kept)", path) from exc
         raise
 
 
@@ -225,6 +232,18 @@ class RunLock:
 
 
 # ------------------------------------------------------------------------------------------------ outputs
+def usual_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (0644 under the usual 022).
+
+    ``tempfile.mkstemp`` creates its files 0600 whatever the umask; results renamed from such a file would
+    be unreadable to the rest of a group while every other output is readable.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+
 def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
     """Refuse, before any work, an output file path that is a directory or whose folder cannot be
     written (missing parents are created when possible)."""

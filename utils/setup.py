@@ -6,6 +6,7 @@ feature and detector-label widths come from the data, dropout from the run confi
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import sys
 from pathlib import Path
@@ -80,7 +81,12 @@ def run_cli(main: Callable[[], object]) -> None:
     ``error: ...`` line and exit status 1 instead of a traceback; Ctrl-C and SIGTERM into one
     ``interrupted ...`` line saying what was kept (exit 130 / 143). Programming errors still show their
     traceback."""
+    from utils.faults import handle_termination
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handle_termination()
+    # A hard crash (SIGSEGV/SIGBUS in a native library) then prints where it happened instead of nothing.
+    faulthandler.enable()
     sys.exit(cli_outcome(main))
 
 
@@ -89,9 +95,8 @@ def cli_outcome(main: Callable[[], object]) -> int:
     (and for interruptions); other exceptions propagate with their traceback."""
     from utils.checkpoint import CheckpointError
     from utils.distributed import DistributedError
-    from utils.faults import Interrupted, RunError, handle_termination, interruption_line, is_disk_full
+    from utils.faults import Interrupted, RunError, interruption_line, is_disk_full
 
-    handle_termination()
     try:
         main()
     except KeyboardInterrupt as exc:

@@ -61,6 +61,23 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _check_resume_shapes(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    """Refuse to resume from a checkpoint of another model size, naming the file and what differs
+    (instead of load_state_dict's many-line error)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or extra or shapes:
+        parts = [f"{len(shapes)} shape(s) differ (checkpoint vs model): {'; '.join(shapes[:3])}" if shapes else "",
+                 f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}" if missing else "",
+                 f"not in the model {extra[:3]}{' ...' if len(extra) > 3 else ''}" if extra else ""]
+        raise CheckpointError(f"resume: {path} is from a model of another size ("
+                              + ", ".join(p for p in parts if p) + "); resume with the run's own model "
+                              "config, or use a new output_dir")
+
+
 class Trainer:
     """Runs the mixed-task loop on ``model``.
 
@@ -314,6 +331,11 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ checkpoints
     def save(self) -> None:
         """Checkpoint the current step (rank 0 writes; every rank contributes its RNG state)."""
+        if getattr(self, "_nonfinite_run", 0):
+            # within a streak of skipped steps: a save would rotate an older, surely good, checkpoint out
+            self.logger.info(f"not saving step {self.step}: the last {self._nonfinite_run} step(s) had a "
+                             f"non-finite loss; the checkpoints in {self.ckpt.dir} are kept as they are")
+            return
         self._check_finite_weights()
         rng = du.all_gather_object(_rng_state())
         if du.is_main():
@@ -390,6 +412,7 @@ class Trainer:
         if source is None:
             return False
         model_state, state = source[0].load(source[1])
+        _check_resume_shapes(self.model, model_state, source[0].dir / source[0].MODEL.format(source[1]))
         self.load_state(model_state, state)
         self.logger.info(f"resumed from step {self.step} in {source[0].dir}")
         return True

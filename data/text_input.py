@@ -6,7 +6,6 @@ Errors name the file and line.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -16,22 +15,17 @@ JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
 def _json_texts(path: Path, fields: Sequence[str]) -> Iterator[str]:
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not any(f in row for f in fields):
-                raise DataError(f"{path}, line {lineno}: expected a JSON object with a field among {list(fields)}"
-                                f" (found {sorted(row) if isinstance(row, dict) else type(row).__name__})")
-            for field in fields:
-                value = row.get(field)
-                for text in value if isinstance(value, list) else [value]:
-                    if isinstance(text, str) and text.strip():
-                        yield text.strip()
+    from data.prepro import iter_jsonl  # the one JSONL reader: per-line UTF-8 and JSON errors named
+
+    for lineno, row in iter_jsonl(path, ()):
+        if not any(f in row for f in fields):
+            raise DataError(f"{path}, line {lineno}: expected a JSON object with a field among {list(fields)} "
+                            f"(found {sorted(row)})")
+        for field in fields:
+            value = row.get(field)
+            for text in value if isinstance(value, list) else [value]:
+                if isinstance(text, str) and text.strip():
+                    yield text.strip()
 
 
 def read_texts(paths: Sequence[str | Path], fields: Sequence[str] = ("caption",)) -> list[str]:

@@ -358,3 +358,21 @@ def test_results_and_plots_are_written_with_the_usual_mode(tmp_path):
         os.umask(old)
     for path in (md, js):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+# ------------------------------------------------------------------------------------------ resume across sizes
+def test_resume_into_a_model_of_another_size_names_file_and_shapes(tmp_path):
+    from tests._toy_tasks import ToyModel
+
+    cfg = _cfg(tmp_path, num_train_steps=6)
+    _run_until(cfg, 4)
+    before = _ckpt_files(Path(cfg.output_dir))
+    _, tasks = build(cfg, batch_size=8)
+    wider = Trainer(ToyModel(hidden=24), tasks, cfg, device=torch.device("cpu"))
+    status = cli_outcome(wider.train)
+    assert status == 1
+    with pytest.raises(CheckpointError, match=r"resume: .*model_step_4\.pt is from a model of another size \(\d+ "
+                                              r"shape\(s\) differ \(checkpoint vs model\): body\.0\.weight \(16, 4\) "
+                                              r"vs \(24, 4\)"):
+        Trainer(ToyModel(hidden=24), tasks, cfg, device=torch.device("cpu")).train()
+    assert _ckpt_files(Path(cfg.output_dir)) == before

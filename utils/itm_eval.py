@@ -403,8 +403,11 @@ def save_scores(path: Path, scores: np.ndarray, dataset: RetrievalSet) -> Path:
 def load_scores(path: Path) -> dict[str, np.ndarray]:
     """Read a file written by :func:`save_scores`; raises DataError naming the file on a bad layout."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError) as exc:  # pickled arrays are refused here, never loaded
+        raise DataError(f"{path}: not a score file of plain arrays ({type(exc).__name__}: {exc})") from exc
     expected = {"scores", "txt_ids", "img_fnames", "txt2img"}
     if not expected <= out.keys():
         raise DataError(f"{path}: expected arrays {sorted(expected)}, found {sorted(out)}")

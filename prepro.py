@@ -21,7 +21,7 @@ from data.errors import DataError
 from data.prepro import (DEFAULT_MAX_TXT_LEN, DEFAULT_NUM_ANSWERS, build_caption_dbs, build_paired_db,
                          build_vqa_db, format_summary)
 from data.tokenizer import DEFAULT_NO_SPACE_LANGS
-from utils.faults import RunError, handle_termination, interruption_line
+from utils.faults import RunError, check_output_dir, handle_termination, interruption_line
 
 
 def _common(sub: argparse.ArgumentParser) -> None:
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """Dispatch to the library builder chosen by ``args.command``; returns its summary."""
+    check_output_dir(args.output, "--output")  # a file there, or no write access: say so before tokenizing
     common = dict(img_db=args.img_db, drop_unknown_images=args.drop_unknown_images, drop_empty=args.drop_empty,
                   max_txt_len=args.max_txt_len, overwrite=args.overwrite, progress=not args.no_progress)
     if args.command == "captions":

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from data.errors import DataError
+from utils.faults import disk_full_guard
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,8 @@ def _check_shapes(state: Mapping[str, torch.Tensor], model_state: Mapping[str, t
     if bad:
         raise DataError(f"{source}: a model of another size ({len(bad)} tensor shape(s) differ: "
                         f"{'; '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); use the model_config the "
-                        f"checkpoint was trained with")
+                        f"checkpoint was trained with (img_* tensors: image features of the width it was "
+                        f"trained on)")
 
 
 def _check_no_extra_backbone(report: LoadReport, model: nn.Module) -> None:
@@ -222,7 +224,8 @@ def save_uc2_checkpoint(model: nn.Module, path: str | Path) -> Path:
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(save_uc2_state_dict(model), tmp)
+        with disk_full_guard(path):
+            torch.save(save_uc2_state_dict(model), tmp)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

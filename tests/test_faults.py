@@ -376,3 +376,18 @@ def test_resume_into_a_model_of_another_size_names_file_and_shapes(tmp_path):
                                               r"vs \(24, 4\)"):
         Trainer(ToyModel(hidden=24), tasks, cfg, device=torch.device("cpu")).train()
     assert _ckpt_files(Path(cfg.output_dir)) == before
+
+
+def test_prepro_output_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    import prepro
+
+    target = tmp_path / "vqa.db"
+    target.write_text("not a folder")
+    src = tmp_path / "vqa.jsonl"
+    src.write_text(json.dumps({"question_id": 1, "img_fname": "a.npz", "lang": "en", "question": "what?",
+                               "answers": ["red"]}) + "\n", encoding="utf-8")
+    status = prepro.main(["vqa", "--input", str(src), "--output", str(target), "--tokenizer",
+                          str(tmp_path / "no_tokenizer_needed_yet")])
+    assert status == 2
+    assert f"error: --output {target}: is a file, expected a directory" in capsys.readouterr().err
+    assert target.read_text() == "not a folder"

@@ -25,6 +25,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 LOG = logging.getLogger(__name__)
 
@@ -67,12 +68,21 @@ class Interrupted(KeyboardInterrupt):
 
 
 # ------------------------------------------------------------------------------------------------ signals
-def handle_termination() -> None:
-    """Raise :class:`Interrupted` in the main thread on SIGTERM (Ctrl-C already raises KeyboardInterrupt)."""
+def handle_termination() -> Any:
+    """Raise :class:`Interrupted` in the main thread on SIGTERM (Ctrl-C already raises KeyboardInterrupt);
+    returns the handler it replaced (for :func:`restore_termination`), None outside the main thread."""
     def on_signal(signum: int, _frame) -> None:
         raise Interrupted(signum)
     with contextlib.suppress(ValueError):  # not the main thread (e.g. inside a test runner's worker)
-        signal.signal(signal.SIGTERM, on_signal)
+        return signal.signal(signal.SIGTERM, on_signal)
+    return None
+
+
+def restore_termination(previous: Any) -> None:
+    """Put back the SIGTERM handler :func:`handle_termination` replaced."""
+    if previous is not None:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, previous)
 
 
 _KEPT: dict[str, str] = {}

@@ -33,6 +33,7 @@ import torch
 from data.collate import FIRST_POSITION, PAD_ID, PAD_POSITION, box_pos_feat
 from data.errors import DataError
 from utils import distributed as du
+from utils.faults import disk_full_guard
 from utils.retrieval_metrics import coco_1k_folds, retrieval_recalls
 
 CLS_ID = 0
@@ -391,7 +392,7 @@ def save_scores(path: Path, scores: np.ndarray, dataset: RetrievalSet) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        with disk_full_guard(path), open(tmp, "wb") as f:
             np.savez(f, scores=scores.astype(np.float32), txt_ids=np.asarray(dataset.txt_ids, dtype=str),
                      img_fnames=np.asarray(dataset.img_fnames, dtype=str), txt2img=dataset.txt2img)
         os.replace(tmp, path)

@@ -29,7 +29,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from utils.faults import usual_file_mode
+from utils.faults import disk_full_guard, usual_file_mode
 from utils.retrieval_metrics import meta_average
 
 TABLE1_COLUMNS = (("multi30k", "en"), ("multi30k", "de"), ("multi30k", "fr"), ("multi30k", "cs"),
@@ -287,7 +287,7 @@ def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.fchmod(fd, usual_file_mode())  # mkstemp's 0600 would make results private
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with disk_full_guard(path), os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

@@ -6,6 +6,7 @@ feature and detector-label widths come from the data, dropout from the run confi
 """
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import sys
@@ -81,13 +82,18 @@ def run_cli(main: Callable[[], object]) -> None:
     ``error: ...`` line and exit status 1 instead of a traceback; Ctrl-C and SIGTERM into one
     ``interrupted ...`` line saying what was kept (exit 130 / 143). Programming errors still show their
     traceback."""
-    from utils.faults import handle_termination
+    from utils.faults import handle_termination, restore_termination
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handle_termination()
+    previous = handle_termination()
     # A hard crash (SIGSEGV/SIGBUS in a native library) then prints where it happened instead of nothing.
-    faulthandler.enable()
-    sys.exit(cli_outcome(main))
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # stderr without a file descriptor
+        faulthandler.enable()
+    try:
+        status = cli_outcome(main)
+    finally:
+        restore_termination(previous)
+    sys.exit(status)
 
 
 def cli_outcome(main: Callable[[], object]) -> int:

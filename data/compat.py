@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from data.errors import DataError
+from utils.errors import DataError
 
 
 def _meta_ids(meta: dict) -> dict[str, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from data.errors import DataError
+from utils.errors import DataError
 
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 

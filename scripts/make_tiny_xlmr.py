@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
+from utils.atomic import atomic_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -121,17 +120,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
         losses = train(model, ids_list, tokenizer, args)
     from utils.faults import usual_file_mode
 
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    for item in tmp.iterdir():  # safetensors writes its file 0600; the folder is shared like any model
-        item.chmod(usual_file_mode())
-    for item in args.tokenizer.iterdir():  # the tokenizer travels with the weights, as in the HF layout
-        if item.is_file():
-            shutil.copy2(item, tmp / item.name)
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    tmp.rename(args.out)
+    with atomic_dir(args.out, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        for item in tmp.iterdir():  # safetensors writes its file 0600; the folder is shared like any model
+            item.chmod(usual_file_mode())
+        for item in args.tokenizer.iterdir():  # the tokenizer travels with the weights, as in the HF layout
+            if item.is_file():
+                shutil.copy2(item, tmp / item.name)
     first = sum(losses[:20]) / max(len(losses[:20]), 1) if losses else float("nan")
     last = sum(losses[-20:]) / max(len(losses[-20:]), 1) if losses else float("nan")
     print(f"tiny XLM-R: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "

@@ -49,7 +49,7 @@ def shortfall_note(asked: int, pieces: int) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from data.errors import DataError
+    from utils.errors import DataError
     from data.text_input import read_texts
     from data.tokenizer import load_tokenizer, train_sentencepiece_tokenizer
 

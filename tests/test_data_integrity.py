@@ -2,7 +2,7 @@
 fit the model or tokenizer, silent nonsense in configs and inputs, checkpoints of another model size; and the
 new-user tools (tokenizer CLI, XLM-R stand-in from any JSONL field, what xlmr_to_uc2 reports missing).
 
-Entry points run through ``utils.setup.cli_outcome`` (what ``run_cli`` does for the scripts): each case
+Entry points run through ``training.setup.cli_outcome`` (what ``run_cli`` does for the scripts): each case
 asserts the exit status, one ``error:`` line naming the file (and key), no traceback, and nothing written.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import prepro
 import pretrain
 from data.compat import check_img_db_width, check_txt_db_vocab
-from data.errors import DataError
+from utils.errors import DataError
 from data.img_db import ImgDb, ImgDbWriter
 from data.txt_db import TxtDb
 from model.config import UC2ModelConfig
@@ -28,7 +28,7 @@ from model.model import UC2ForPretraining
 from model.weights import load_uc2_checkpoint, save_uc2_state_dict
 from scripts import convert_imgdir, make_tiny_xlmr, train_tokenizer, xlmr_to_uc2
 from tests._bad_input_helpers import build_setup, copy_db, leftovers, pretrain_config, truncate, write_json
-from utils.setup import cli_outcome
+from training.setup import cli_outcome
 
 IMG_SUB = "feat_th0.2_max100_min3"
 NBB = "nbb_th0.2_max100_min3.json"
@@ -346,7 +346,7 @@ def test_inf_vqa_row_label_comes_from_the_run(tmp_path):
     import argparse
 
     import inf_vqa
-    from utils.vqa_config import VQAConfig
+    from training.vqa_config import VQAConfig
 
     args = argparse.Namespace(setting="", run_dir=str(tmp_path / "vqa_en_nopt"), checkpoint="")
     cfg = VQAConfig(output_dir="x", train_txt_dbs=["a"], train_img_dbs=["b"],

@@ -23,13 +23,15 @@ import torch
 
 from tests._bad_input_helpers import leftovers, snapshot
 from tests._toy_tasks import build
-from utils.checkpoint import CheckpointError, CheckpointManager, atomic_torch_save, atomic_write, load_torch_file
+from utils.atomic import atomic_torch_save, atomic_write
+from utils.checkpoint import CheckpointManager, load_torch_file
+from utils.errors import CheckpointError
 from utils.faults import (DiskFullError, Interrupted, NonFiniteLossError, RunError, RunLock, RunLockError,
                           check_output_dir, check_output_file, clean_stale_temps)
-from utils.itm_eval import NonFiniteScoresError, gather_rows
-from utils.run_config import TrainConfig
-from utils.setup import cli_outcome
-from utils.trainer import Trainer
+from evaluation.itm_eval import NonFiniteScoresError, gather_rows
+from training.run_config import TrainConfig
+from training.setup import cli_outcome
+from training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,7 +138,7 @@ def test_scoring_tells_nan_scores_from_unscored_rows():
 
 # ------------------------------------------------------------------------------------------ signals
 def _toy_cli(tmp_path: Path, *extra: str) -> list[str]:
-    code = ("import sys; sys.path.insert(0, %r); from utils.setup import run_cli; "
+    code = ("import sys; sys.path.insert(0, %r); from training.setup import run_cli; "
             "from tests._toy_tasks import main; run_cli(lambda: main(sys.argv[1:]))" % str(REPO))
     return [sys.executable, "-c", code, "--output_dir", str(tmp_path / "run"), "--num_train_steps", "50",
             "--warmup_steps", "0", "--save_steps", "1", "--keep_last", "2", "--valid_steps", "0",
@@ -349,7 +351,7 @@ def test_unwritable_output_folder(tmp_path):
 
 # ------------------------------------------------------------------------------------------ file modes
 def test_results_and_plots_are_written_with_the_usual_mode(tmp_path):
-    from utils.results_table import write_tables
+    from evaluation.results_table import write_tables
 
     old = os.umask(0o022)
     try:

@@ -12,7 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from data.errors import DataError
+from utils.errors import DataError
 from data.img_db import ImgDb, ImgDbWriter, decode_img_value
 from data.lmdb_env import close_lmdb
 from data.txt_db import TxtDb, TxtDbWriter, read_txt_value
@@ -179,7 +179,7 @@ def test_compressed_img_record_with_an_object_array_is_refused(tmp_path):
 
 
 def test_score_file_with_an_object_array_is_refused(tmp_path):
-    from utils.itm_eval import load_scores
+    from evaluation.itm_eval import load_scores
 
     marker = tmp_path / "code_ran"
     path = _object_npz(tmp_path / "scores.npz", marker, scores=np.zeros((1, 1), np.float32))

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from utils.errors import UC2Error
+
 LOG = logging.getLogger(__name__)
 
 #: The temporary names this project's writers use: ``.NAME.tmp-<pid>``, ``NAME.tmp-<pid>``, ``DIR.tmp-<pid>``,
@@ -36,8 +38,8 @@ _TEMP_RE = re.compile(r"\.(?:tmp|old)-(\d+)(?:\.[A-Za-z0-9]+)?$")
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-class RunError(RuntimeError):
-    """A run cannot go on; the message names the file and says what to do."""
+class RunError(UC2Error, RuntimeError):
+    """A run cannot go on (a fault, not bad input); the message names the file and says what to do."""
 
 
 class NonFiniteLossError(RunError):

@@ -18,7 +18,7 @@ from torch import nn
 
 from model.config import UC2ModelConfig
 from utils import distributed as du
-from utils.config import ConfigError
+from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +69,6 @@ def init_weights(model: nn.Module, cfg, xlmr_dir: str = "", partial: tuple[str, 
         load_uc2_checkpoint(model, path, allow_partial=True)
 
 
-def pick_device() -> torch.device:
-    """This rank's GPU when CUDA is available, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main``: set up logging, and turn the project's own errors (bad config, data,
     checkpoint, a failed rank, a full disk, a held run lock — each message names the file/key) into one
@@ -99,9 +92,8 @@ def run_cli(main: Callable[[], object]) -> None:
 def cli_outcome(main: Callable[[], object]) -> int:
     """Call ``main`` and return the exit status, printing one line to stderr for the errors a user can fix
     (and for interruptions); other exceptions propagate with their traceback."""
-    from utils.checkpoint import CheckpointError
-    from utils.distributed import DistributedError
-    from utils.faults import Interrupted, RunError, interruption_line, is_disk_full
+    from utils.errors import UC2Error
+    from utils.faults import Interrupted, interruption_line, is_disk_full
 
     try:
         main()
@@ -109,7 +101,7 @@ def cli_outcome(main: Callable[[], object]) -> int:
         _flush_logs()
         print(interruption_line(exc), file=sys.stderr)
         return 128 + (exc.signum if isinstance(exc, Interrupted) else 2)
-    except (ValueError, FileNotFoundError, CheckpointError, DistributedError, RunError) as err:
+    except (UC2Error, ValueError, FileNotFoundError) as err:  # RunError (disk full, lock, NaN) is a UC2Error
         _flush_logs()
         print(f"error: {err}", file=sys.stderr)
         return 1

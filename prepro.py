@@ -21,6 +21,7 @@ from utils.errors import DataError
 from data.prepro import (DEFAULT_MAX_TXT_LEN, DEFAULT_NUM_ANSWERS, build_caption_dbs, build_paired_db,
                          build_vqa_db, format_summary)
 from data.tokenizer import DEFAULT_NO_SPACE_LANGS
+from utils.faults import RunError, check_output_dir, handle_termination, interruption_line
 
 
 def _common(sub: argparse.ArgumentParser) -> None:
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """Dispatch to the library builder chosen by ``args.command``; returns its summary."""
+    check_output_dir(args.output, "--output")  # a file there, or no write access: say so before tokenizing
     common = dict(img_db=args.img_db, drop_unknown_images=args.drop_unknown_images, drop_empty=args.drop_empty,
                   max_txt_len=args.max_txt_len, overwrite=args.overwrite, progress=not args.no_progress)
     if args.command == "captions":
@@ -76,9 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = run(args)
-    except DataError as err:
+    except (DataError, RunError) as err:  # RunError: a full disk, named by its path
         print(f"prepro.py {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # the writers removed their build folders on the way out
+        print(f"prepro.py {args.command}: {interruption_line(exc)}", file=sys.stderr)
+        return 130
     print(format_summary(summary))
     if args.summary_json is not None:
         args.summary_json.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -86,4 +91,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    handle_termination()
     sys.exit(main())

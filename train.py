@@ -45,11 +45,28 @@ def build_trainer(spec: Any, cfg: Any, callbacks: Sequence[Callable] = ()) -> tu
     tasks = spec.build_tasks(cfg, ctx)
     torch.manual_seed(cfg.seed)  # fresh heads start the same on every rank and run
     model, model_config = spec.build_model(cfg, ctx, tasks)
+    check_run_dbs(cfg, ctx, tasks, model_config)
     if spec.prepare is not None:
         spec.prepare(cfg, ctx, tasks)
     trainer = Trainer(model, tasks, cfg, device=device, model_config=model_config,
                       lr_multipliers=spec.lr_multipliers(cfg), best_metric=spec.best_metric(cfg), callbacks=callbacks)
     return trainer, ctx
+
+
+def check_run_dbs(cfg: Any, ctx: Any, tasks: Sequence[Any], model_config: Any) -> None:
+    """Every (txt_db, img_db) the run's tasks read fits the model (vocabulary, feature width) and the
+    tokenizer, before the first step: a mismatch otherwise crashes mid-run or trains on meaningless ids.
+    Models whose config has no ``vocab_size``/``img_dim`` (not UC2-shaped) are not checked here."""
+    from types import SimpleNamespace
+
+    from data.compat import check_parts, task_parts
+
+    values = model_config if isinstance(model_config, dict) else vars(model_config)
+    if not {"vocab_size", "img_dim"} <= set(values):
+        return
+    source = getattr(cfg, "model_config", "") or getattr(cfg, "xlmr_dir", "") or "XLM-R base shape"
+    check_parts([part for task in tasks for part in task_parts(task)], SimpleNamespace(**values),
+                f"the model ({source})", getattr(ctx, "tokenizer", None))
 
 
 def run(task: str, argv: Sequence[str] | None = None, callbacks: Sequence[Callable] = ()) -> Any:

@@ -144,8 +144,7 @@ class ImgDb:
         raw = self._env.read(KEYS_KEY)
         if raw is None:
             # Not every writer stored __keys__: list the LMDB keys instead (keys only, cheap).
-            with self._env.get().begin() as txn:
-                return [k.decode("utf-8") for k in txn.cursor().iternext(keys=True, values=False)]
+            return [k.decode("utf-8") for k in self._env.keys()]
         try:
             names = json.loads(bytes(raw).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -197,6 +196,11 @@ class ImgDb:
         if missing:
             raise DataError(f"{path}: no box count for {len(missing)} image(s) of {self.db_dir}, "
                             f"e.g. {missing[:3]}")
+        if self.names and all(name2nbb[n] == 0 for n in self.names):
+            # every image would enter the model as text only: almost surely a broken export, not data
+            raise DataError(f"{path}: gives 0 boxes for every one of the {len(self.names)} images of "
+                            f"{self.db_dir}; expected at least one image with regions (rebuild it with "
+                            f"scripts/convert_imgdir.py, or delete it to count boxes from 'conf')")
         return name2nbb
 
     def _nbb_from_conf(self, rec: dict) -> int:
@@ -248,6 +252,9 @@ def _prepare_arrays(arrays: Mapping, where: str) -> dict[str, np.ndarray]:
     for key, arr in arrays.items():
         if not isinstance(key, str) or not isinstance(arr, np.ndarray) or arr.dtype == object:
             raise DataError(f"{where}: entry {key!r} must be a numeric numpy array")
+        problem = float_storage_problem(arr)
+        if problem:
+            raise DataError(f"{where}: entry {key!r} {problem}")
         out[key] = arr.astype(np.float16) if np.issubdtype(arr.dtype, np.floating) else arr
     feats, bb = out.get("features"), out.get("norm_bb")
     if feats is None or feats.ndim != 2:
@@ -256,6 +263,29 @@ def _prepare_arrays(arrays: Mapping, where: str) -> dict[str, np.ndarray]:
         raise DataError(f"{where}: needs 'norm_bb' of shape ({feats.shape[0]}, 6), "
                         f"found {getattr(bb, 'shape', None)}")
     return out
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504: larger magnitudes become inf when stored
+
+
+def float_storage_problem(arr: np.ndarray) -> str | None:
+    """Why a float array cannot be stored as float16 as it is (NaN/Inf, or values beyond 65504), or None.
+
+    Non-float arrays are always fine. The message counts the bad values and gives the first one's index.
+    """
+    if not np.issubdtype(arr.dtype, np.floating) or arr.size == 0:
+        return None
+    values = arr.astype(np.float64, copy=False)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        return f"holds {int(bad.sum())} non-finite value(s) (NaN/Inf), first at index {first}"
+    over = np.abs(values) > FLOAT16_MAX
+    if over.any():
+        first = tuple(int(i) for i in np.argwhere(over)[0])
+        return (f"holds {int(over.sum())} value(s) beyond float16's range (|x| > {FLOAT16_MAX:g}), e.g. "
+                f"{values[first]:g} at index {first}; they would be stored as inf")
+    return None
 
 
 def encode_img_value(arrays: Mapping[str, np.ndarray], compress: bool) -> bytes:

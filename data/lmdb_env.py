@@ -19,6 +19,7 @@ import lmdb
 
 from utils.atomic import publish_dir, temp_dir_for
 from utils.errors import DataError
+from utils.faults import disk_full_guard
 
 #: Default map size for writable environments. LMDB reserves address space, not disk, so 1 TiB is
 #: what the original UNITER tooling used and costs nothing on 64-bit Linux.
@@ -52,11 +53,28 @@ def _open_env(real: str, readonly: bool, map_size: int) -> lmdb.Environment:
         if readonly:
             # lock=False: the databases are static while read, and a read-only mount has no lock file
             # to write; readahead=False: random access over a large file, readahead only evicts pages.
-            return lmdb.open(real, readonly=True, create=False, lock=False, readahead=False)
+            env = lmdb.open(real, readonly=True, create=False, lock=False, readahead=False)
+            _check_complete(env, real)
+            return env
         return lmdb.open(real, readonly=False, create=True, map_size=map_size)
     except lmdb.Error as exc:
         # "already open in this process" here means it was opened outside open_lmdb().
         raise DataError(f"LMDB environment {real}: cannot open ({exc})") from exc
+
+
+def _check_complete(env: lmdb.Environment, real: str) -> None:
+    """Refuse a ``data.mdb`` shorter than the environment's own last page says it is.
+
+    A truncated file (an interrupted copy or download) opens fine, because its meta pages sit at the
+    start; reading a page past the end of the mapping then kills the process with SIGBUS, printing
+    nothing. The meta page records the last page in use, so the size needed is known before any read.
+    """
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    actual = os.path.getsize(os.path.join(real, "data.mdb"))
+    if actual < needed:
+        env.close()
+        raise DataError(f"LMDB environment {real}: data.mdb is truncated ({actual} bytes, the database "
+                        f"needs {needed}); copy or rebuild it again")
 
 
 def open_lmdb(path: str | os.PathLike, readonly: bool = True,
@@ -126,9 +144,26 @@ class LazyEnv:
         return env
 
     def read(self, key: bytes) -> bytes | None:
-        """Value stored under ``key`` (a copy, safe after the transaction ends), or None."""
-        with self.get().begin(buffers=False) as txn:
-            return txn.get(key)
+        """Value stored under ``key`` (a copy, safe after the transaction ends), or None.
+
+        lmdb errors (a corrupt page, a bad key) become a DataError naming the database and the key.
+        """
+        env = self.get()
+        try:
+            with env.begin(buffers=False) as txn:
+                return txn.get(key)
+        except lmdb.Error as exc:
+            raise DataError(f"LMDB environment {self.path}, key {bytes(key)[:80]!r}: cannot be read, the "
+                            f"database is corrupt ({type(exc).__name__}: {exc})") from exc
+
+    def keys(self) -> list[bytes]:
+        """Every key of the environment (keys only, cheap); lmdb errors become a DataError naming it."""
+        try:
+            with self.get().begin() as txn:
+                return [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+        except lmdb.Error as exc:
+            raise DataError(f"LMDB environment {self.path}: cannot list its keys, the database is "
+                            f"corrupt ({type(exc).__name__}: {exc})") from exc
 
 
 # --- helpers shared by the database readers and writers ------------------------------------------
@@ -184,20 +219,25 @@ class LmdbBuilder:
         if self._txn is None:
             raise RuntimeError(f"{where}: writer used outside its `with` block")
         try:
-            self._txn.put(key, value)
+            with disk_full_guard(self.final_dir):
+                self._txn.put(key, value)
         except lmdb.BadValsizeError as exc:
             raise DataError(f"{where}: key too long for LMDB ({len(key)} bytes, max 511)") from exc
         self._pending += 1
         if self._pending >= self.commit_every:
             # Bounded transactions, as the original: one huge transaction holds every dirty page.
-            self._txn.commit()
+            self._commit()
             self._txn = self._env.begin(write=True)
             self._pending = 0
 
+    def _commit(self) -> None:
+        txn, self._txn = self._txn, None  # a failed commit leaves nothing to abort
+        with disk_full_guard(self.final_dir):
+            txn.commit()
+
     def close_env(self) -> None:
         """Commit and close the environment; side files may then be added to ``tmp_dir``."""
-        self._txn.commit()
-        self._txn = None
+        self._commit()
         self._env.close()
         self._env = None
 
@@ -205,11 +245,14 @@ class LmdbBuilder:
         publish_dir(self.tmp_dir, self.final_dir, self.overwrite, before_replace=close_lmdb)
 
     def discard(self) -> None:
-        """Abort whatever is open and remove the build directory (safe to call after publish)."""
-        if self._txn is not None:
-            self._txn.abort()
-        if self._env is not None:
-            self._env.close()
+        """Abort whatever is open and remove the build directory (safe to call after publish, and after
+        a failed commit: no step of the clean-up may stop the removal of the build directory)."""
+        for close in (self._txn and self._txn.abort, self._env and self._env.close):
+            if close:
+                try:
+                    close()
+                except lmdb.Error:
+                    pass
         self._txn = self._env = None
         if self.tmp_dir is not None and self.tmp_dir.exists():
-            shutil.rmtree(self.tmp_dir)
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)

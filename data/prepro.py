@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
@@ -71,11 +72,22 @@ def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
 
 
 def _text(row: dict, key: str, path: Path, lineno: int) -> str:
-    """The string field ``key``, stripped; DataError when it is not a string."""
+    """The string field ``key``, stripped ('' when nothing visible is left); DataError when not a string."""
     value = row[key]
     if not isinstance(value, str):
         raise DataError(f"{path}, line {lineno}: field {key!r} must be a string, got {type(value).__name__}")
-    return value.strip()
+    value = value.strip()
+    return value if has_visible_text(value) else ""
+
+
+# Zero-width spaces/joiners, BOMs, bidi marks, soft hyphens (Cf), controls (Cc) and separators: a text made
+# only of these is empty to a reader, but str.strip() keeps most of them and the tokenizer makes ids of them.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Zs", "Zl", "Zp"})
+
+
+def has_visible_text(text: str) -> bool:
+    """True when ``text`` holds at least one visible character."""
+    return any(not ch.isspace() and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES for ch in text)
 
 
 def _example_id(row: dict, key: str, path: Path, lineno: int) -> str:
@@ -189,7 +201,8 @@ def _check_nonempty(text: str, key: str, drop_empty: bool, stats: _Stats, path: 
     if drop_empty:
         stats.dropped[f"empty {key}"] += 1
         return False
-    raise DataError(f"{path}, line {lineno}: field {key!r} is empty (pass drop_empty / --drop_empty to drop it)")
+    raise DataError(f"{path}, line {lineno}: field {key!r} is empty or only invisible characters (pass "
+                    f"drop_empty / --drop_empty to drop it)")
 
 
 def _check_written(stats: _Stats, path: Path) -> None:
@@ -326,7 +339,12 @@ def _answers(row: dict, path: Path, lineno: int) -> list[str]:
     answers = row["answers"]
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
         raise DataError(f"{path}, line {lineno}: field 'answers' must be a list of strings")
-    return [a for a in map(normalize_answer, answers) if a]
+    kept = [a for a in map(normalize_answer, answers) if a]
+    if answers and not kept:
+        # [] marks an unannotated question (a test split); ["", ""] is a broken export, not "no answers"
+        raise DataError(f"{path}, line {lineno}: field 'answers' holds {len(answers)} answer(s), all empty "
+                        f"(use [] for a question without answers)")
+    return kept
 
 
 def _vqa_rows(path: Path, progress: bool, desc: str) -> Iterator[tuple[int, str, str, str, str, list[str]]]:
@@ -358,6 +376,9 @@ def build_vqa_db(jsonl: str | os.PathLike, out_db: str | os.PathLike, tokenizer:
     # First pass validates every line (before anything is written) and collects the answers.
     answer_lists = [row[-1] for row in _vqa_rows(path, progress, f"vqa check {path.name}")]
     vocab = _resolve_ans2label(ans2label, answer_lists, top_k)
+    if not vocab:
+        raise DataError(f"{path}: no answer vocabulary: no line has an answer (and no ans2label was given); "
+                        f"a training db needs answers, a test split needs the training db's ans2label.json")
     stats = _Stats("vqa", max_txt_len, extra={"num_answers": len(vocab), "no_answer_in_vocab": 0, "no_answers": 0})
     out_db = Path(out_db)
     with TxtDbWriter(out_db, make_meta(tok, task="vqa", num_answers=len(vocab)), overwrite=overwrite) as writer:

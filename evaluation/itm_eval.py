@@ -345,18 +345,29 @@ def _prepare_images(split: SplitBackbone | None, dataset: RetrievalSet, idx: np.
     return img
 
 
+class NonFiniteScoresError(ValueError):
+    """The model produced NaN/Inf scores (diverged weights or non-finite features)."""
+
+
 def gather_rows(rows: np.ndarray, scores: np.ndarray, n_txt: int) -> np.ndarray:
     """Assemble the (n_txt, n_img) matrix from every rank's (rows, scores); identity on one process.
 
     Rows travel with their caption indices, so the result does not depend on which rank scored what.
     """
     parts = du.all_gather_object((rows, scores)) if du.get_world_size() > 1 else [(rows, scores)]
-    full = np.full((n_txt, scores.shape[1]), np.nan, dtype=np.float32)
+    full = np.zeros((n_txt, scores.shape[1]), dtype=np.float32)
+    # "scored" is its own mask: a NaN score (a diverged model) is not confused with a row nobody scored
+    scored = np.zeros(n_txt, dtype=bool)
     for part_rows, part_scores in parts:
         full[part_rows] = part_scores
-    if np.isnan(full).any():
-        raise RuntimeError(f"gather_rows: {int(np.isnan(full).any(axis=1).sum())} caption rows were "
-                           "scored by no rank")
+        scored[part_rows] = True
+    if not scored.all():
+        raise RuntimeError(f"gather_rows: {int((~scored).sum())} caption rows were scored by no rank")
+    bad = ~np.isfinite(full)
+    if bad.any():
+        raise NonFiniteScoresError(f"{int(bad.any(axis=1).sum())} of {n_txt} caption rows hold NaN/Inf scores: "
+                                   f"the model's weights or the image features are not finite (check the "
+                                   f"checkpoint and the img_db)")
     return full
 
 
@@ -394,8 +405,11 @@ def save_scores(path: Path, scores: np.ndarray, dataset: RetrievalSet) -> Path:
 def load_scores(path: Path) -> dict[str, np.ndarray]:
     """Read a file written by :func:`save_scores`; raises DataError naming the file on a bad layout."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError) as exc:  # pickled arrays are refused here, never loaded
+        raise DataError(f"{path}: not a score file of plain arrays ({type(exc).__name__}: {exc})") from exc
     expected = {"scores", "txt_ids", "img_fnames", "txt2img"}
     if not expected <= out.keys():
         raise DataError(f"{path}: expected arrays {sorted(expected)}, found {sorted(out)}")

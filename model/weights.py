@@ -70,10 +70,13 @@ class LoadReport:
 
 
 def _prefixes(keys: list[str]) -> list[str]:
-    """Compact key list: 'region_classifier.*' instead of every tensor of the same module."""
+    """Compact key list: 'region_classifier.*' or 'roberta.img_embeddings.*' instead of every tensor of the
+    same module (two levels deep inside a module, so that a few missing backbone parts are named, not
+    'roberta.*')."""
     out: list[str] = []
     for key in keys:
-        head = key.split(".")[0]
+        parts = key.split(".")
+        head = ".".join(parts[:2]) if len(parts) > 2 else parts[0]
         label = f"{head}.*" if sum(k.startswith(head + ".") for k in keys) > 1 else key
         if label not in out:
             out.append(label)
@@ -126,10 +129,28 @@ def _fold_tied(state: dict[str, torch.Tensor], model: nn.Module, report: LoadRep
 
 def _check_shapes(state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor],
                   source: str) -> None:
-    for key, value in state.items():
-        if key in model_state and value.shape != model_state[key].shape:
-            raise DataError(f"{source}: shape mismatch for {key!r}: checkpoint {tuple(value.shape)}, "
-                            f"model {tuple(model_state[key].shape)}")
+    """Refuse a checkpoint of another model size, naming the mismatching tensors (a few, and the count)."""
+    bad = [f"{key} checkpoint {tuple(value.shape)} vs model {tuple(model_state[key].shape)}"
+           for key, value in state.items() if key in model_state and value.shape != model_state[key].shape]
+    if bad:
+        raise DataError(f"{source}: a model of another size ({len(bad)} tensor shape(s) differ: "
+                        f"{'; '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); use the model_config the "
+                        f"checkpoint was trained with (img_* tensors: image features of the width it was "
+                        f"trained on)")
+
+
+def _check_no_extra_backbone(report: LoadReport, model: nn.Module) -> None:
+    """Refuse backbone tensors the model has no place for (e.g. a 12-layer checkpoint into a 6-layer model):
+    loading would silently drop those layers."""
+    extra = [k for k in report.unexpected if k.startswith("roberta.")]
+    if not extra:
+        return
+    layers = sorted({int(k.split(".")[3]) for k in extra if k.startswith("roberta.encoder.layer.")})
+    what = (f"encoder layers {layers[0]}..{layers[-1]} (the model has "
+            f"{getattr(getattr(model, 'config', None), 'num_hidden_layers', '?')})" if layers
+            else f"{_prefixes(extra)[:6]}")
+    raise DataError(f"{report.source}: the checkpoint has backbone tensors this model lacks: {what}; it comes "
+                    f"from a model of another size, use the model_config it was trained with")
 
 
 def _init_rank_from_itm(state: dict[str, torch.Tensor], model: nn.Module, report: LoadReport) -> None:
@@ -176,6 +197,7 @@ def load_uc2_checkpoint(model: nn.Module, path_or_state: str | Path | Mapping[st
     report.missing = [k for k in model_state if k not in covered]
     report.unexpected = [k for k in state if k not in model_state]
     report.loaded = [k for k in state if k in model_state]
+    _check_no_extra_backbone(report, model)
     _enforce(report, strict_heads, allow_partial)
     model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
     logger.info(report.summary())

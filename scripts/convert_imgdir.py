@@ -12,6 +12,8 @@ with ``--compress``), and the box counts in ``OUT_DIR/nbb_th{conf_th}_max{max_bb
 
 Differences from UNITER, on purpose: OUT_DIR is the image-set folder itself (UNITER appended the input
 folder's name); files are read in name order (deterministic ``__keys__``); pickled arrays are refused;
+files holding NaN/Inf or values beyond float16's range (|x| > 65504) are dropped and reported by name (UNITER
+stored them, and training then ran on NaN);
 the nbb json records the boxes actually kept (UNITER wrote min_bb even for images with fewer boxes);
 ``--conf_th -1`` keeps ``num_bb`` boxes (UNITER ignored num_bb there).
 """
@@ -27,8 +29,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from data.img_db import ImgDbWriter, compute_num_bb, float_storage_problem
 from utils.errors import DataError
-from data.img_db import ImgDbWriter, compute_num_bb
+from utils.faults import RunError, check_output_dir, handle_termination, interruption_line
 
 
 def _boxes_to_keep(dump: dict, n: int, conf_th: float, max_bb: int, min_bb: int, num_bb: int,
@@ -54,6 +57,10 @@ def _check_npz(dump: dict, needs_conf: bool) -> str | None:
     bad = [k for k, a in dump.items() if a.ndim > 2 or (a.ndim == 2 and a.shape[0] != n)]
     if bad:
         return f"array '{bad[0]}' has shape {dump[bad[0]].shape}, expected ({n}, ...) or 1-d"
+    for key, arr in dump.items():  # float arrays are stored as float16: NaN/Inf or overflow would poison training
+        problem = float_storage_problem(arr)
+        if problem:
+            return f"array '{key}' {problem}"
     return None
 
 
@@ -102,6 +109,7 @@ def convert_imgdir(img_dir: str | os.PathLike, output: str | os.PathLike, conf_t
     files = sorted(src.glob("*.npz"))
     if not files:
         raise DataError(f"{src}: no .npz feature files inside")
+    check_output_dir(output, "--output")
     Path(output).mkdir(parents=True, exist_ok=True)
     load = functools.partial(load_npz, conf_th=conf_th, max_bb=max_bb, min_bb=min_bb, num_bb=num_bb,
                              keep_all=keep_all)
@@ -152,12 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = convert_imgdir(args.img_dir, args.output, args.conf_th, args.max_bb, args.min_bb,
                                  args.num_bb, args.keep_all, args.compress, args.nproc, args.overwrite)
-    except DataError as exc:
+    except (DataError, RunError) as exc:  # RunError: a full disk, named by its path
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:  # the writer removed its build folder on the way out
+        print(interruption_line(exc), file=sys.stderr)
+        return 130
     print(summary_line(summary))
     return 0
 
 
 if __name__ == "__main__":
+    handle_termination()
     sys.exit(main())

@@ -12,7 +12,6 @@ languages, text only) and saves it exactly like a Hugging Face XLM-R folder (``c
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +26,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokenizer", type=Path, required=True, help="XLM-R-layout tokenizer folder")
     p.add_argument("--text", type=Path, nargs="+", required=True,
-                   help="JSON-lines files with a 'caption' field (the demo's captions_*.jsonl)")
+                   help="JSON-lines files (the --field values of each line) or plain text files (one text a line)")
+    p.add_argument("--field", nargs="+", default=["caption"],
+                   help="JSON field(s) holding the text, e.g. caption, question, caption1 caption2")
     p.add_argument("--out", type=Path, required=True, help="output folder (Hugging Face layout)")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
@@ -45,20 +46,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def read_captions(paths: Sequence[Path]) -> list[str]:
-    from utils.errors import DataError
+def read_captions(paths: Sequence[Path], fields: Sequence[str] = ("caption",)) -> list[str]:
+    """The training texts: ``fields`` of JSON-lines files, or the lines of plain text files."""
+    from data.text_input import read_texts
 
-    captions = []
-    for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, 1):
-                try:
-                    captions.append(json.loads(line)["caption"])
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise DataError(f"{path}, line {lineno}: expected a JSON object with 'caption' ({exc})") from exc
-    if not captions:
-        raise DataError(f"{[str(p) for p in paths]}: no captions")
-    return captions
+    return read_texts(paths, fields)
 
 
 def mlm_batch(ids_list, rng, tokenizer, batch: int):
@@ -123,11 +115,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
     start = time.perf_counter()
     losses = []
     if args.steps > 0:
-        ids_list = [ids for ids in (tokenizer.encode(c) for c in read_captions(args.text)) if ids]
+        ids_list = [ids for ids in (tokenizer.encode(c) for c in read_captions(args.text, args.field)) if ids]
         ids_list = [ids[: args.max_positions - 4] for ids in ids_list]
         losses = train(model, ids_list, tokenizer, args)
+    from utils.faults import usual_file_mode
+
     with atomic_dir(args.out, overwrite=True) as tmp:
         model.save_pretrained(tmp)
+        for item in tmp.iterdir():  # safetensors writes its file 0600; the folder is shared like any model
+            item.chmod(usual_file_mode())
         for item in args.tokenizer.iterdir():  # the tokenizer travels with the weights, as in the HF layout
             if item.is_file():
                 shutil.copy2(item, tmp / item.name)

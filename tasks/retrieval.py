@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.collate import collate_backbone
+from data.img_db import ImgDb
 from utils.errors import DataError
 from data.sampler import TokenBucketSampler
 from model.heads import itm_head, rank_head
@@ -45,6 +46,7 @@ from training.setup import init_weights, resolve_model_config
 from utils import distributed as du
 from utils.config import parse_args_and_config
 from utils.device import pick_device
+from utils.faults import check_output_dir
 from evaluation import itm_eval
 from evaluation.retrieval_metrics import retrieval_recalls
 
@@ -345,6 +347,7 @@ def build_retrieval_model(cfg: RetrievalConfig, ctx, tasks: list) -> tuple[UC2Wi
     heads = {name: f for task in tasks for name, f in task.heads.items()}
     model = UC2WithHeads(mconf, heads, fresh=heads)
     init_weights(model, cfg, known_heads=known_head_names())
+    check_eval_dbs(cfg, mconf, [*cfg.val_datasets, *cfg.test_datasets])  # training parts: train.check_run_dbs
     return model, mconf.to_dict()
 
 
@@ -385,13 +388,28 @@ def load_eval_model(cfg: RetrievalEvalConfig) -> tuple[UC2ForImageTextRetrieval,
     return model.to(pick_device()).eval(), head
 
 
+def check_eval_dbs(cfg: Any, model_config: UC2ModelConfig, specs: Sequence[Any]) -> None:
+    """Every listed set's img_db (and txt_db, when the spec has one) fits the model, checked before any
+    set is scored: a width mismatch otherwise fails only when that set's turn comes."""
+    from data.compat import check_img_db_width, check_txt_db_vocab
+    from data.txt_db import TxtDb
+
+    where = f"the model ({cfg.model_config or 'default config'})"
+    for spec in specs:
+        if getattr(spec, "txt_db", None):
+            check_txt_db_vocab(TxtDb(spec.txt_db), model_config.vocab_size, where)
+        check_img_db_width(ImgDb(spec.img_db, **img_rule(cfg)), model_config.img_dim, where)
+
+
 def evaluate(argv: Sequence[str] | None = None) -> list[dict]:
     """``evaluate.py --task itm_rank`` (``inf_itm.py``): score every test set, write and print (rank 0)
     one results table; returns the per-set results."""
     cfg = parse_args_and_config(RetrievalEvalConfig, argv)
+    check_output_dir(cfg.output_dir)  # before any scoring
     du.init_distributed()
     try:
         model, head = load_eval_model(cfg)
+        check_eval_dbs(cfg, model.config, cfg.test_datasets)
         setting = cfg.setting or ("Zero-shot (ITM head)" if head == "itm" else "Fine-tuned")
         settings = itm_eval.ScoreSettings(head=head, txt_block=cfg.eval.txt_block, img_block=cfg.eval.img_block,
                                           precision=cfg.precision)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from data.collate import collate_backbone
+from data.compat import check_parts
 from data.sampler import OrderedBatchSampler
 from evaluation.results_table import vqa_markdown
 from evaluation.vqa_metrics import accuracy, most_common_answer, score_predictions, submission, vqa_score
@@ -46,6 +47,7 @@ from utils.checkpoint import CheckpointManager, check_run_dir
 from utils.config import load_config, to_dict
 from utils.device import autocast, move_to_device, pick_device
 from utils.errors import ConfigError, DataError
+from utils.faults import check_output_file
 
 VOCAB_FILE = "ans2label.json"
 LABELS_FILE = "label2ans.json"
@@ -347,9 +349,20 @@ def parse_eval_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the run's")
     p.add_argument("--bleu", choices=("auto", "on", "off"), default="auto", help="auto: for ja/zh questions")
     p.add_argument("--lang", default="", help="question language (default: from the txt_db)")
-    p.add_argument("--setting", default="UC2 fine-tuned", help="setting name of the result row")
+    p.add_argument("--setting", default="", help="setting name of the result row (default: from the run: its "
+                   "folder name and the checkpoint it was fine-tuned from)")
     p.add_argument("--dataset", default="", help="dataset name of the result row (default: the txt_db name)")
     return p.parse_args(list(argv))
+
+
+def setting_label(args: argparse.Namespace, cfg: VQAConfig | None) -> str:
+    """``--setting``, else what the run was: "fine-tuned <run folder> (from <initial checkpoint>)"."""
+    if args.setting:
+        return args.setting
+    name = Path(args.run_dir).name if args.run_dir else Path(args.checkpoint).parent.parent.name or "model"
+    start = Path(cfg.checkpoint) if cfg is not None and cfg.checkpoint else None
+    origin = f"{start.parent.name}/{start.name}" if start else "no initial checkpoint"
+    return f"fine-tuned {name} (from {origin})"
 
 
 def _run_file(args: argparse.Namespace, explicit: str, name: str) -> Path:
@@ -454,9 +467,12 @@ def report(result: dict | None, n_pred: int, output: str) -> None:
 def evaluate(argv: Sequence[str] | None = None) -> dict | None:
     """``evaluate.py --task vqa`` (``inf_vqa.py``): predict, write, score; returns the result row ``{setting, dataset, lang, metrics}`` (None if unscored)."""
     args = parse_eval_args(sys.argv[1:] if argv is None else argv)
+    check_output_file(args.output, "--output")  # before any work: inference can take hours
     du.init_distributed()
     try:
-        cfg = eval_run_config(args) or VQAConfig(output_dir="", train_txt_dbs=[args.txt_db], train_img_dbs=[args.img_db])
+        run_cfg = eval_run_config(args)
+        args.setting = setting_label(args, run_cfg)
+        cfg = run_cfg or VQAConfig(output_dir="", train_txt_dbs=[args.txt_db], train_img_dbs=[args.img_db])
         label2ans = load_label2ans(_run_file(args, args.ans2label, "ans2label.json"))
         ans2label = {a: i for i, a in enumerate(label2ans)}
         img_db = args.img_db or cfg.val_img()
@@ -465,6 +481,7 @@ def evaluate(argv: Sequence[str] | None = None) -> dict | None:
         source = open_vqa_source([args.txt_db], [img_db], label2ans, run_context(cfg), None)
         device = pick_device()
         model = load_model(args, len(label2ans), device)
+        check_parts(source.parts, model.config, f"the model ({_run_file(args, args.model_config, 'model.json')})")
         data = TaskDataset(source, VqaObjective(label2ans=label2ans))
         rows = gather_predictions(model, data, args, cfg.seed, args.precision or cfg.precision, device)
         lang = question_lang(args, source)

@@ -357,7 +357,7 @@ def test_pretrain_feature_width_differs_from_checkpoint(root, good_cfg, tmp_path
         spec["img"] = [str(tmp_path / "imgs")]
     ckpt = root / "pretrain" / "model_final.pt"
     expect_error(lambda: run_pretrain(tmp_path, good_cfg, "--checkpoint", str(ckpt)), DataError, str(ckpt),
-                 "shape mismatch for 'roberta.img_embeddings.img_linear.weight'")
+                 "roberta.img_embeddings.img_linear.weight checkpoint (32, 64) vs model (32, 56)")
     assert_nothing_written(tmp_path / "run")
 
 
@@ -411,7 +411,8 @@ def _make_checkpoint(kind: str, root: Path, path: Path) -> list[str]:
         return ["backbone tensors missing", "roberta.embeddings.word_embeddings.weight"]
     if kind == "wrong_hidden_size":
         torch.save(_wrong_hidden_state(root), path)
-        return ["shape mismatch for 'roberta.embeddings", "16)", "32)"]
+        return ["a model of another size", "roberta.embeddings.word_embeddings.weight checkpoint", "16) vs model",
+                "32)"]
     if kind == "not_a_state_dict":
         torch.save([torch.zeros(2), torch.ones(2)], path)
         return ["expected a state dict", "got list"]
@@ -832,10 +833,12 @@ def _script_cases(root: Path, tmp: Path, repo: Path) -> dict[str, tuple[str, lis
     "train_itm_missing_txt_db",
     "inf_itm_truncated_checkpoint",
 ])
-def test_script_exits_with_one_line_error(case, root, tmp_path, repo_root, monkeypatch):
+def test_script_exits_with_one_line_error(case, root, tmp_path, repo_root, monkeypatch, capsys):
     script, argv, start = _script_cases(root, tmp_path, repo_root)[case]
     monkeypatch.setattr(sys, "argv", [script, *argv])
     with pytest.raises(SystemExit) as info:
         runpy.run_path(str(repo_root / script), run_name="__main__")
-    assert isinstance(info.value.code, str) and info.value.code.startswith(f"error: {start}"), info.value.code
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "Traceback" not in err, err
+    assert any(line.startswith(f"error: {start}") for line in err.splitlines()), err
     assert not leftovers(tmp_path)

@@ -82,12 +82,25 @@ def test_run_dir_refuses_different_config(tmp_path):
     assert (out / "git_info.json").is_file()
     # resuming the same run is fine, even with a runtime-only key changed
     prepare_run_dir(out, dict(hps, resume="none", n_workers=8), resuming=True)
+    CheckpointManager(out / "ckpt").save(1, _state(1), {"step": 1})  # the run has saved a step now
     changed = dict(hps, learning_rate=5e-5, train_datasets=[{"name": "a", "db": ["y"]}])
     with pytest.raises(CheckpointError, match=r"different config \(keys differ: learning_rate, "
                                               r"train_datasets\)"):
         prepare_run_dir(out, changed, resuming=True)
     with pytest.raises(CheckpointError, match="already holds this run; set resume to 'auto'"):
         prepare_run_dir(out, hps, resuming=False)
+
+
+def test_run_dir_without_a_saved_step_accepts_a_corrected_config(tmp_path):
+    """A start that failed before its first checkpoint left hps.json: the corrected command may start over."""
+    hps = {"seed": 1, "learning_rate": 1e-4}
+    out = prepare_run_dir(tmp_path / "run", hps)
+    fixed = dict(hps, learning_rate=5e-5)
+    prepare_run_dir(out, fixed, resuming=False)
+    assert json.loads((out / "hps.json").read_text()) == fixed
+    (out / "model_final.pt").write_bytes(b"x")  # a finished run is protected again
+    with pytest.raises(CheckpointError, match="keys differ: learning_rate"):
+        prepare_run_dir(out, hps, resuming=True)
 
 
 def test_diff_configs_names_nested_keys():

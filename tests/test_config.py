@@ -81,8 +81,10 @@ def test_dotted_overrides(tmp_path):
     assert cfg.betas == (0.8, 0.9)
     with pytest.raises(ConfigError, match=r"train_datasets\.3.*list index below 1"):
         load_config(PretrainConfig, path, {"train_datasets.3.name": "x"})
-    with pytest.raises(ConfigError, match=rf"{path}: unknown config key 'optim'"):
-        load_config(PretrainConfig, path, {"optim.lr": "1"})
+    # a wrong override is blamed on the override, not on the file
+    with pytest.raises(ConfigError, match=rf"command-line override --optim\.lr 1 \(on {path}\): "
+                                          r"unknown config key 'optim'"):
+        load_config(PretrainConfig, path, {"optim.lr": "1", "learning_rate": "5e-5"})
 
 
 def test_parse_args_and_config(tmp_path, capsys):

@@ -18,10 +18,11 @@ def _raiser(exc: Exception):
     CheckpointError("model.pt: not a readable checkpoint"),
     DistributedError("rank 1 failed"),
 ])
-def test_project_errors_exit_with_one_line(exc):
+def test_project_errors_exit_with_one_line(exc, capsys):
     with pytest.raises(SystemExit) as info:
         run_cli(_raiser(exc))
-    assert info.value.code == f"error: {exc}"
+    assert info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {exc}"]
 
 
 @pytest.mark.parametrize("exc", [

@@ -124,3 +124,105 @@ def test_numeric_arrays_still_decode(tmp_path):
     out = read_txt_value(data, "db")
     np.testing.assert_array_equal(out["a"], value["a"])
     assert out["s"].dtype == value["s"].dtype
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Audit of the other loaders of user files: torch checkpoints, npz feature and score files. Each crafted
+# file would create the marker directory if it were unpickled; each must be refused naming the file.
+# ----------------------------------------------------------------------------------------------------------
+def _pickle_bomb_checkpoint(path, marker):
+    import torch
+
+    torch.save({"roberta.embeddings.word_embeddings.weight": torch.zeros(2, 2), "evil": _MakesDir(marker)}, path)
+    return path
+
+
+@pytest.mark.parametrize("loader", ["uc2_checkpoint", "train_state", "hf_pytorch_model_bin"])
+def test_checkpoint_holding_code_is_refused_not_run(tmp_path, loader):
+    from model.weights import read_hf_folder, read_state_file
+    from utils.checkpoint import CheckpointError, load_torch_file
+
+    marker = tmp_path / "code_ran"
+    name = "pytorch_model.bin" if loader == "hf_pytorch_model_bin" else "model.pt"
+    path = _pickle_bomb_checkpoint(tmp_path / name, marker)
+    call = {"uc2_checkpoint": lambda: read_state_file(path), "train_state": lambda: load_torch_file(path),
+            "hf_pytorch_model_bin": lambda: read_hf_folder(tmp_path)}[loader]
+    with pytest.raises((DataError, CheckpointError), match=str(path)):
+        call()
+    assert not marker.exists(), f"a pickle in a checkpoint was executed by {loader}"
+
+
+def _object_npz(path, marker, **arrays):
+    np.savez(path, **arrays, evil=np.array([_MakesDir(marker)], dtype=object))
+    return path
+
+
+def test_feature_npz_with_an_object_array_is_dropped_not_run(tmp_path):
+    from scripts.convert_imgdir import load_npz
+
+    marker = tmp_path / "code_ran"
+    path = _object_npz(tmp_path / "x.npz", marker, **_img())
+    name, arrays, _, reason = load_npz(path, 0.2, 100, 1, 36, False)
+    assert name == "x.npz" and arrays is None and "Object arrays cannot be loaded" in reason
+    assert not marker.exists()
+
+
+def test_compressed_img_record_with_an_object_array_is_refused(tmp_path):
+    import io
+
+    marker = tmp_path / "code_ran"
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **_img(), evil=np.array([_MakesDir(marker)], dtype=object))
+    with pytest.raises(DataError, match="img Y, key 'k'"):
+        decode_img_value(buf.getvalue(), "img Y, key 'k'")
+    assert not marker.exists()
+
+
+def test_score_file_with_an_object_array_is_refused(tmp_path):
+    from evaluation.itm_eval import load_scores
+
+    marker = tmp_path / "code_ran"
+    path = _object_npz(tmp_path / "scores.npz", marker, scores=np.zeros((1, 1), np.float32))
+    with pytest.raises(DataError, match=rf"{path}: not a score file of plain arrays"):
+        load_scores(path)
+    assert not marker.exists()
+
+
+# Calls that can run code from a file or a string. Every loader of user files must avoid them (torch.load
+# only with weights_only=True); this scan of the syntax tree keeps new code from bringing them back.
+_UNSAFE_CALLS = {("", "eval"), ("", "exec"), ("pickle", "load"), ("pickle", "loads"), ("yaml", "load"),
+                 ("yaml", "unsafe_load"), ("marshal", "load"), ("marshal", "loads"), ("dill", "load"),
+                 ("dill", "loads"), ("np", "load_pickle")}
+
+
+def _unsafe_calls(tree) -> list[str]:
+    import ast
+
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        # "" = a bare name (eval(...)); None = a method of an expression (model.to(d).eval() is harmless)
+        owner = "" if isinstance(func, ast.Name) else getattr(getattr(func, "value", None), "id", None)
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        keywords = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+        if (owner, name) in _UNSAFE_CALLS:
+            found.append(f"line {node.lineno}: {owner + '.' if owner else ''}{name}()")
+        if keywords.get("allow_pickle") is True or keywords.get("weights_only") is False:
+            found.append(f"line {node.lineno}: {name}() with pickles allowed")
+        if (owner, name) == ("torch", "load") and keywords.get("weights_only") is not True:
+            found.append(f"line {node.lineno}: torch.load() without weights_only=True")
+    return found
+
+
+def test_no_loader_can_run_code_from_a_file(repo_root):
+    import ast
+
+    sources = [p for d in ("data", "model", "optim", "utils", "scripts") for p in (repo_root / d).rglob("*.py")]
+    sources += list(repo_root.glob("*.py"))
+    found = [f"{path.relative_to(repo_root)} {hit}" for path in sources
+             for hit in _unsafe_calls(ast.parse(path.read_text(encoding="utf-8")))]
+    assert not found, found
+    # the scan itself finds what it looks for
+    assert len(_unsafe_calls(ast.parse("eval(x); torch.load(f); np.load(f, allow_pickle=True); pickle.loads(b)"))) == 4

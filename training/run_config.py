@@ -35,6 +35,8 @@ class TrainConfig:
     valid_steps: int = field(5000, help="validate every this many optimizer steps (0: never)")
     save_steps: int = field(5000, help="checkpoint every this many optimizer steps (0: only at the end)")
     keep_last: int = field(3, help="number of step checkpoints kept (older ones are deleted)")
+    max_nonfinite_steps: int = field(5, help="stop the run after this many consecutive steps whose loss is "
+                                     "NaN/Inf (each is skipped, weights unchanged); 0: never stop")
     log_steps: int = field(100, help="log training scalars every this many optimizer steps")
     n_workers: int = field(2, help="data-loader worker processes per task")
     pin_mem: bool = field(True, help="pin host memory of batches (CUDA only)")
@@ -58,6 +60,8 @@ class TrainConfig:
         if not 0 <= self.warmup_steps <= self.num_train_steps and self.decay == "linear":
             raise ConfigError(f"warmup_steps: expected 0..num_train_steps ({self.num_train_steps}), "
                               f"got {self.warmup_steps}")
+        if self.max_nonfinite_steps < 0:
+            raise ConfigError(f"max_nonfinite_steps: expected >= 0, got {self.max_nonfinite_steps}")
         if self.keep_last < 1:
             raise ConfigError(f"keep_last: expected >= 1, got {self.keep_last}")
 
@@ -75,6 +79,10 @@ class DatasetSpec:
     mix_ratio: list[float] = field(default_factory=list, help="draw weight per task (same length as tasks)")
 
     def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ConfigError(f"dataset '{self.name}': tasks is empty; list at least one task, e.g. ['itm', 'mlm']")
+        if not self.db:
+            raise ConfigError(f"dataset '{self.name}': db is empty; list at least one txt_db")
         if self.mix_ratio and len(self.mix_ratio) != len(self.tasks):
             raise ConfigError(f"dataset '{self.name}': mix_ratio has {len(self.mix_ratio)} values for "
                               f"{len(self.tasks)} tasks")
@@ -107,3 +115,15 @@ class PretrainConfig(TrainConfig):
     label_dir: str = field("", help="MRTM files: object vocabulary translated per language")
     xlmr_dir: str = field("", help="Hugging Face XLM-R folder used to initialise the model (optional)")
     early_adaptation: EarlyAdaptationConfig | None = field(None, help="Early Adaptation settings (optional)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_probability("mask_prob", self.mask_prob, allow_zero=False)
+        check_probability("itm_neg_prob", self.itm_neg_prob)
+
+
+def check_probability(key: str, value: float, allow_zero: bool = True) -> None:
+    """A probability in [0, 1] ((0, 1] without ``allow_zero``); a ConfigError naming ``key`` otherwise."""
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (low_ok and value <= 1):  # also False for NaN
+        raise ConfigError(f"{key}: expected a probability in {'[0' if allow_zero else '(0'}, 1], got {value}")

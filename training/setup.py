@@ -6,6 +6,8 @@ feature and detector-label widths come from the data, dropout from the run confi
 """
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import logging
 import sys
 from pathlib import Path
@@ -71,11 +73,49 @@ def init_weights(model: nn.Module, cfg, xlmr_dir: str = "", partial: tuple[str, 
 
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main``: set up logging, and turn the project's own errors (bad config, data,
-    checkpoint or a failed rank — each message names the file/key) into one ``error: ...`` line and exit
-    status 1 instead of a traceback. Programming errors still show their traceback."""
+    checkpoint, a failed rank, a full disk, a held run lock — each message names the file/key) into one
+    ``error: ...`` line and exit status 1 instead of a traceback; Ctrl-C and SIGTERM into one
+    ``interrupted ...`` line saying what was kept (exit 130 / 143). Programming errors still show their
+    traceback."""
+    from utils.faults import handle_termination, restore_termination
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    previous = handle_termination()
+    # A hard crash (SIGSEGV/SIGBUS in a native library) then prints where it happened instead of nothing.
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # stderr without a file descriptor
+        faulthandler.enable()
+    try:
+        status = cli_outcome(main)
+    finally:
+        restore_termination(previous)
+    sys.exit(status)
+
+
+def cli_outcome(main: Callable[[], object]) -> int:
+    """Call ``main`` and return the exit status, printing one line to stderr for the errors a user can fix
+    (and for interruptions); other exceptions propagate with their traceback."""
+    from utils.errors import UC2Error
+    from utils.faults import Interrupted, interruption_line, is_disk_full
+
     try:
         main()
-    except UC2Error as err:  # the project's own errors only (utils/errors.py)
-        sys.exit(f"error: {err}")
+    except KeyboardInterrupt as exc:
+        _flush_logs()
+        print(interruption_line(exc), file=sys.stderr)
+        return 128 + (exc.signum if isinstance(exc, Interrupted) else 2)
+    except UC2Error as err:  # the project's own errors only; RunError (disk full, lock, NaN) is one
+        _flush_logs()
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        print(f"error: disk full: {err.filename or err}", file=sys.stderr)
+        return 1
+    return 0
 
+
+def _flush_logs() -> None:
+    """Flush every logging handler (the run's log.txt among them) before the process ends."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()

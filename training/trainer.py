@@ -26,6 +26,7 @@ from utils import distributed as du
 from utils.checkpoint import CheckpointManager, check_run_dir, prepare_run_dir
 from utils.config import to_dict
 from utils.errors import CheckpointError, ConfigError
+from utils.faults import NonFiniteLossError, RunLock, check_output_dir, clean_stale_temps
 from utils.logger import RunLogger
 from utils.device import autocast, make_grad_scaler, move_to_device, pick_device
 from utils.misc import batch_size_of, step_seed
@@ -55,6 +56,23 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["cpu"])
     if torch.cuda.is_available() and "cuda" in state and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _check_resume_shapes(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    """Refuse to resume from a checkpoint of another model size, naming the file and what differs
+    (instead of load_state_dict's many-line error)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or extra or shapes:
+        parts = [f"{len(shapes)} shape(s) differ (checkpoint vs model): {'; '.join(shapes[:3])}" if shapes else "",
+                 f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}" if missing else "",
+                 f"not in the model {extra[:3]}{' ...' if len(extra) > 3 else ''}" if extra else ""]
+        raise CheckpointError(f"resume: {path} is from a model of another size ("
+                              + ", ".join(p for p in parts if p) + "); resume with the run's own model "
+                              "config, or use a new output_dir")
 
 
 class Trainer:
@@ -90,6 +108,7 @@ class Trainer:
         self._owns_logger = logger is None
         if du.is_main():
             # Before the logger opens log.txt and a TensorBoard file there: a refused directory stays untouched.
+            check_output_dir(cfg.output_dir)
             check_run_dir(cfg.output_dir, self._hps(), resuming=cfg.resume != "none")
         self.logger = logger or RunLogger(cfg.output_dir, enabled=du.is_main())
         self.model_config = model_config
@@ -145,6 +164,7 @@ class Trainer:
             if last_saved != self.step:
                 self.save()
         finally:
+            self._release_run()
             if self._owns_logger:
                 self.logger.close()
         return metrics
@@ -156,10 +176,42 @@ class Trainer:
         group = self.optimizer.param_groups[0]
         self._window["lr"] = group["lr"] / group.get("lr_mult", 1.0)  # this step's LR, without the group multiplier
         loss, logs, n_examples = self._accumulate(task)
+        if not self._loss_is_finite(task, loss):
+            self._skip_step()
+            return
         grad_norm = self._optimizer_step()
         self.step += 1
         self.last_task, self.last_loss = task.name, loss  # for callbacks; a tensor: reading it syncs
         self._record(task.name, loss, logs, n_examples, grad_norm, time.perf_counter() - start)
+
+    def _loss_is_finite(self, task: TrainTask, loss: Tensor) -> bool:
+        """False when this step's loss is NaN/Inf on any rank (the same answer on every rank).
+
+        Counts consecutive such steps and stops the run after ``max_nonfinite_steps`` of them, before
+        anything is saved: the checkpoints on disk all hold finite weights, and none is rotated out.
+        """
+        if bool(torch.isfinite(du.all_reduce_mean(loss))):  # NaN on one rank makes the mean NaN
+            self._nonfinite_run = 0
+            return True
+        self._nonfinite_run = getattr(self, "_nonfinite_run", 0) + 1
+        limit = getattr(self.cfg, "max_nonfinite_steps", 0)
+        self.logger.info(f"step {self.step + 1}: loss of task {task.name} is {float(loss)}; step skipped "
+                         f"({self._nonfinite_run} in a row)")
+        if limit and self._nonfinite_run >= limit:
+            kept = self.ckpt.latest()
+            raise NonFiniteLossError(
+                f"training stopped at step {self.step + 1}: the loss was NaN/Inf for {self._nonfinite_run} "
+                f"consecutive steps (max_nonfinite_steps={limit}, last task {task.name}); "
+                + (f"the last checkpoint, step {kept} in {self.ckpt.dir}, is kept unchanged"
+                   if kept is not None else "no checkpoint had been written")
+                + "; check the data for NaN/Inf features or lower learning_rate")
+        return False
+
+    def _skip_step(self) -> None:
+        """Drop this step's gradients without touching the weights; the schedule still advances."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
 
     def draw_task(self, step: int) -> TrainTask:
         """The task of optimizer step ``step``: a weighted draw seeded by (seed, step), equal on all ranks."""
@@ -292,6 +344,12 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ checkpoints
     def save(self) -> None:
         """Checkpoint the current step (rank 0 writes; every rank contributes its RNG state)."""
+        if getattr(self, "_nonfinite_run", 0):
+            # within a streak of skipped steps: a save would rotate an older, surely good, checkpoint out
+            self.logger.info(f"not saving step {self.step}: the last {self._nonfinite_run} step(s) had a "
+                             f"non-finite loss; the checkpoints in {self.ckpt.dir} are kept as they are")
+            return
+        self._check_finite_weights()
         rng = du.all_gather_object(_rng_state())
         if du.is_main():
             state = {
@@ -305,6 +363,13 @@ class Trainer:
             self.logger.info(f"saved checkpoint of step {self.step} in {self.ckpt.dir}")
         du.barrier()
 
+    def _check_finite_weights(self) -> None:
+        """Refuse to checkpoint NaN/Inf weights: saving them would rotate a good checkpoint out."""
+        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NonFiniteLossError(f"not saving step {self.step}: parameters {bad[:4]} hold NaN/Inf; the "
+                                     f"checkpoints in {self.ckpt.dir} are kept unchanged")
+
     def _hps(self) -> dict[str, Any]:
         """The run config as ``hps.json`` holds it."""
         return to_dict(self.cfg) if dataclasses.is_dataclass(self.cfg) else dict(vars(self.cfg))
@@ -312,10 +377,24 @@ class Trainer:
     def _setup_run(self) -> None:
         """Write/check the run directory, then resume or make all ranks start from rank 0's weights."""
         if du.is_main():
+            self._claim_run_dir()
             prepare_run_dir(self.cfg.output_dir, self._hps(), self.model_config, resuming=self.cfg.resume != "none")
         du.barrier()
         if not self._resume():
             du.broadcast_params(self.model)
+
+    def _claim_run_dir(self) -> None:
+        """Lock the output directory against a second run, then remove what dead writers left there."""
+        self._lock = RunLock(self.cfg.output_dir).acquire()
+        for folder in (self.cfg.output_dir, self.ckpt.dir):  # not recursive: output_dir may hold much else
+            clean_stale_temps(folder, recursive=False)
+        for orphan in self.ckpt.prune_orphans():
+            self.logger.info(f"removed {orphan}: a model file whose save was interrupted before its train state")
+
+    def _release_run(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
 
     def _resume_source(self) -> tuple[CheckpointManager, int] | None:
         """Which checkpoint to continue from: ``resume`` = 'auto', 'none', a ckpt dir, or a train-state file."""
@@ -346,6 +425,7 @@ class Trainer:
         if source is None:
             return False
         model_state, state = source[0].load(source[1])
+        _check_resume_shapes(self.model, model_state, source[0].dir / source[0].MODEL.format(source[1]))
         self.load_state(model_state, state)
         self.logger.info(f"resumed from step {self.step} in {source[0].dir}")
         return True

@@ -8,6 +8,7 @@ into place by :func:`publish_dir`. Every writer of the project goes through here
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from utils.errors import DataError
+from utils.faults import clean_stale_temps_entry, disk_full_guard
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -38,12 +40,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
+        with disk_full_guard(path), open(tmp, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException:  # also Ctrl-C/SIGTERM: the temp file goes, the old file stays
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
@@ -84,6 +86,10 @@ def temp_dir_for(final_dir: str | os.PathLike) -> Path:
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
+    if final.parent.is_dir():  # build folders of writers killed earlier (other pids, now dead)
+        for stale in final.parent.glob(f"{glob.escape(final.name)}.*-*"):
+            if stale != tmp:
+                clean_stale_temps_entry(stale)
     return tmp
 
 
@@ -93,6 +99,11 @@ def publish_dir(tmp_dir: str | Path, final_dir: str | Path, overwrite: bool,
     (else :class:`utils.errors.DataError` naming the folder). ``before_replace(final_dir)`` runs before an
     existing folder is moved aside (e.g. to close LMDB handles on it)."""
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    with disk_full_guard(final_dir):
+        _publish(tmp_dir, final_dir, overwrite, before_replace)
+
+
+def _publish(tmp_dir: Path, final_dir: Path, overwrite: bool, before_replace: Callable[[Path], None] | None) -> None:
     if not final_dir.exists():
         os.replace(tmp_dir, final_dir)
         return

@@ -14,6 +14,7 @@ the step as complete. Everything is loaded with ``torch.load(weights_only=True)`
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,6 +23,7 @@ import torch
 
 from utils.atomic import atomic_torch_save, atomic_write_json
 from utils.errors import CheckpointError
+from utils.faults import note_kept
 from utils.misc import git_info
 
 # keys that may change between the first run and its resumption without making it a different run
@@ -78,8 +80,21 @@ class CheckpointManager:
         """Write the model (fp32) then the train state (which marks the step complete); prune old steps."""
         atomic_torch_save(fp32_state_dict(model_state), self.dir / self.MODEL.format(step))
         atomic_torch_save(dict(train_state), self.dir / self.TRAIN.format(step))
+        note_kept("checkpoint", self.dir / self.TRAIN.format(step))
         self._prune()
         return self.dir / self.MODEL.format(step)
+
+    def prune_orphans(self) -> list[Path]:
+        """Delete ``model_step_N.pt`` files without their train state (a save interrupted between the two
+        files): they never count as checkpoints, so nothing else would ever remove them. Call it only
+        while no save is running (at start, under the run lock)."""
+        orphans = []
+        for path in self.dir.glob("model_step_*.pt") if self.dir.is_dir() else ():
+            step = path.name[len("model_step_"):-len(".pt")]
+            if step.isdigit() and not (self.dir / self.TRAIN.format(int(step))).is_file():
+                path.unlink(missing_ok=True)
+                orphans.append(path)
+        return orphans
 
     def load(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(model state, train state) of ``step``; errors name the missing or broken file."""
@@ -134,7 +149,11 @@ def check_run_dir(output_dir: str | Path, hps: Mapping[str, Any], *, resuming: b
     """
     out = Path(output_dir)
     hps_path = out / "hps.json"
-    if hps_path.is_file():
+    if hps_path.is_file() and not _run_started(out):
+        # hps.json of a start that failed before its first checkpoint: nothing to protect, so the
+        # corrected command may start over (prepare_run_dir then writes the new config)
+        logging.getLogger(__name__).warning("%s: the earlier run there saved no step; starting it anew", out)
+    elif hps_path.is_file():
         try:
             old = json.loads(hps_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
@@ -146,6 +165,13 @@ def check_run_dir(output_dir: str | Path, hps: Mapping[str, Any], *, resuming: b
         if not resuming:
             raise CheckpointError(f"{out} already holds this run; set resume to 'auto' to continue it, "
                                   f"or use a new output_dir")
+
+
+def _run_started(out: Path) -> bool:
+    """True when a run directory holds a saved step or final weights (something a new run could mix with)."""
+    ckpt = out / "ckpt"
+    return (CheckpointManager(ckpt).latest() is not None or (ckpt / "model_best.pt").is_file()
+            or (out / "model_final.pt").is_file())
 
 
 def prepare_run_dir(output_dir: str | Path, hps: Mapping[str, Any], model_config: Mapping[str, Any] | None = None,

@@ -10,6 +10,7 @@ onto ours and reports the keys it ignores.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -314,11 +315,36 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object at the top level")
     data = expand_env_vars(data, str(path))
+    from_file = copy.deepcopy(data)
     apply_overrides(data, overrides or {}, cls)
     try:
         return from_dict(cls, data)
     except ConfigError as exc:
-        raise ConfigError(f"{path or 'command line'}: {exc}") from None
+        raise ConfigError(f"{_culprit(cls, from_file, overrides or {}, path, exc)}: {exc}") from None
+
+
+def _culprit(cls: type, from_file: dict, overrides: Mapping[str, str], path: str | Path | None,
+             exc: ConfigError) -> str:
+    """Who to blame for ``exc``: the config file, or the command-line overrides that caused it.
+
+    The file alone is loaded again: when it fails the same way, the file is at fault; otherwise the
+    overrides are, and those that fail on their own (else all of them) are named.
+    """
+    if not overrides:
+        return str(path or "command line")
+    try:
+        from_dict(cls, copy.deepcopy(from_file))
+    except ConfigError as file_exc:
+        if str(file_exc) == str(exc):
+            return str(path or "command line")
+    guilty = []
+    for key, raw in overrides.items():
+        try:
+            from_dict(cls, apply_overrides(copy.deepcopy(from_file), {key: raw}, cls))
+        except ConfigError:
+            guilty.append(key)
+    named = " ".join(f"--{key} {overrides[key]}" for key in (guilty or overrides))
+    return f"command-line override {named} (on {path or 'the defaults'})"
 
 
 # ----------------------------------------------------------------------------------------------------------

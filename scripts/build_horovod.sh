@@ -68,7 +68,8 @@ build_wheel() {
     export HOROVOD_WITHOUT_MXNET=1
     if [ "$UC2_HOROVOD_GPU" = nccl ]; then export HOROVOD_GPU_OPERATIONS=NCCL; else unset HOROVOD_GPU_OPERATIONS; fi
     export CXXFLAGS="-std=c++17 ${CXXFLAGS:-}"
-    export MAKEFLAGS="-j$(nproc)"
+    MAKEFLAGS="-j$(nproc)"
+    export MAKEFLAGS
 
     "$PYTHON" -m pip wheel --no-build-isolation --no-cache-dir --no-deps -w "$workdir/wheel" "$src"
     # Publish the wheel with one rename, so a concurrent or interrupted build never leaves half a cache entry.

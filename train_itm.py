@@ -28,7 +28,7 @@ from utils import itm_eval
 from utils.config import parse_args_and_config
 from utils.itm_config import RetrievalConfig
 from utils.setup import init_weights, resolve_model_config
-from utils.trainer import Trainer
+from utils.trainer import Trainer, default_device
 
 LOG = logging.getLogger("train_itm")
 TASK_NAME = "itm_rank"
@@ -61,7 +61,7 @@ def build_task(cfg: RetrievalConfig) -> RetrievalTask:
         rank=du.get_rank(), world_size=du.get_world_size(),
         val_sets=[itm_eval.open_retrieval_set(s, rule) for s in cfg.val_datasets],
         score_settings=score_settings(cfg, "rank"),
-        options=LoaderOptions(num_workers=cfg.n_workers))
+        options=LoaderOptions(cfg.n_workers, bool(cfg.pin_mem and torch.cuda.is_available()), default_device()))
 
 
 def lr_multipliers(cfg: RetrievalConfig) -> dict[str, float] | None:

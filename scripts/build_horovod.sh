@@ -31,6 +31,11 @@ set -euo pipefail
 
 HOROVOD_VERSION="${HOROVOD_VERSION:-0.28.1}"
 PYTHON="${PYTHON:-python3}"
+# Absolute (the check runs from a scratch directory), without resolving the venv's symlink to its base python.
+case "$PYTHON" in
+    */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;;
+    *) PYTHON="$(command -v "$PYTHON")" ;;
+esac
 UC2_CACHE="${UC2_CACHE:-$HOME/.cache/uc2}"
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     echo "build_horovod.sh: '$PYTHON' cannot import torch; install torch first (see requirements.txt)" >&2
@@ -101,10 +106,11 @@ check_wheel() {
     (cd "$workdir" && PYTHONPATH="$target" UC2_HOROVOD_GPU="$UC2_HOROVOD_GPU" "$PYTHON" - <<'PY'
 import os
 
+import horovod
 import horovod.torch as hvd
 
 hvd.init()
-print(f"horovod {hvd.__version__}: size {hvd.size()}, gloo built: {bool(hvd.gloo_built())}, "
+print(f"horovod {horovod.__version__}: size {hvd.size()}, gloo built: {bool(hvd.gloo_built())}, "
       f"NCCL built: {bool(hvd.nccl_built())}")
 if not hvd.gloo_built():
     raise SystemExit("horovod was built without gloo: horovodrun could not start a job without MPI")

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.collate import box_pos_feat, collate_backbone, img_mask_target, pad_sequences, xlmr_position_ids
 from data.errors import DataError
+from data.shared_table import SharedArray, StringTable
 
 NUM_SPECIALS = 2  # <s> and </s> around a caption
 
@@ -53,17 +54,20 @@ class TextRecord:
 class ExampleSource:
     """The examples of one dataset: parts ``(TxtDb, ImgDb)`` concatenated under one flat index.
 
-    ``lens`` (N,) holds each example's sequence length (text + 2 specials + regions), the sampler's input.
+    ``lens`` (N,) holds each example's sequence length (text + 2 specials + regions), the sampler's input;
+    it stays in the main process. What workers need per example (caption id, image) is kept in shared
+    tables (data/shared_table.py): pickling a source for a worker sends file paths, not the tables.
     """
 
     def __init__(self, parts: Sequence[tuple[Any, Any]]):
         if not parts:
             raise DataError("a dataset needs at least one (txt_db, img_db) pair")
         self.parts = list(parts)
-        self._ids: list[list[str]] = [list(txt.ids) for txt, _ in self.parts]
+        self._ids = [StringTable([str(i) for i in txt.ids]) for txt, _ in self.parts]
         self._offsets = np.cumsum([0] + [len(ids) for ids in self._ids])
-        self._images = [self._image_names(k) for k in range(len(self.parts))]
-        self._image_pos = [{name: k for k, name in enumerate(names)} for names in self._images]
+        tables = [self._image_table(k) for k in range(len(self.parts))]
+        self._images = [names for names, _ in tables]    # sorted distinct image names of each part
+        self._img_of = [img_of for _, img_of in tables]  # (n,) image index of each kept example
         self.lens = np.concatenate([self._part_lens(k) for k in range(len(self.parts))]).astype(np.int64)
         if len(self) == 0:  # else the sampler fails later without naming the databases
             dbs = ", ".join(str(getattr(txt, "db_dir", "txt_db")) for txt, _ in self.parts)
@@ -71,25 +75,31 @@ class ExampleSource:
             raise DataError(f"{dbs}: no example to use ({stored} stored; training skips examples longer "
                             f"than max_txt_len)")
 
-    def _image_names(self, k: int) -> list[str]:
-        """Sorted distinct images of part ``k``'s kept examples; every example must have one."""
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "lens"}  # the sampler's input, main process only
+
+    def _image_table(self, k: int) -> tuple[StringTable, SharedArray]:
+        """Part ``k``'s sorted distinct images and each kept example's image index; every example needs one."""
         txt = self.parts[k][0]
-        names = [txt.txt2img.get(i) for i in self._ids[k]]
+        names = [txt.txt2img.get(i) for i in txt.ids]
         if None in names:
-            bad = self._ids[k][names.index(None)]
+            bad = txt.ids[names.index(None)]
             raise DataError(f"{getattr(txt, 'db_dir', 'txt_db')}/txt2img.json: example {bad!r} has no image; "
                             f"pretraining needs an img_fname for every example")
-        return sorted(set(names))
+        distinct = sorted(set(names))
+        column = {name: j for j, name in enumerate(distinct)}
+        img_of = np.fromiter((column[n] for n in names), dtype=np.int32, count=len(names))
+        return StringTable(distinct, sorted_=True), SharedArray(img_of)
 
     def _part_lens(self, k: int) -> np.ndarray:
         txt, img = self.parts[k]
-        missing = [name for name in self._images[k] if name not in img.name2nbb]
+        distinct = self._images[k].tolist()
+        missing = [name for name in distinct if name not in img.name2nbb]
         if missing:
             raise DataError(f"{getattr(img, 'db_dir', 'img_db')}: no image {missing[0]!r} (and {len(missing) - 1} "
                             f"more) referenced by {getattr(txt, 'db_dir', 'txt_db')}/txt2img.json")
-        txt_lens = np.asarray(txt.lens, dtype=np.int64)
-        nbbs = np.array([img.name2nbb[txt.txt2img[i]] for i in self._ids[k]], dtype=np.int64)
-        return txt_lens + NUM_SPECIALS + nbbs
+        nbb = np.array([img.name2nbb[name] for name in distinct], dtype=np.int64)
+        return np.asarray(txt.lens, dtype=np.int64) + NUM_SPECIALS + nbb[self._img_of[k].array]
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -128,7 +138,7 @@ class ExampleSource:
                             f"images to draw a negative, found {len(names)}")
         # Draw among the n - 1 others by skipping over the true image's slot.
         k = int(rng.integers(len(names) - 1))
-        return names[k + (k >= self._image_pos[part][fname])]
+        return names[k + (k >= names.find(fname))]
 
 
 def wrap_text(ids: Sequence[int], meta: dict) -> torch.Tensor:
@@ -239,14 +249,24 @@ class LoaderOptions:
     device: str | torch.device = "cpu"
 
 
-def worker_context() -> str:
+#: imported once by the forkserver, so that each worker forks with them loaded instead of importing
+#: torch again (seconds per worker, at every validation, where loaders are rebuilt)
+WORKER_PRELOAD = ["torch", "numpy", "lmdb", "data.tasks.build", "data.tasks.retrieval", "data.tasks.vqa"]
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
     """Start method for loader workers: never plain fork.
 
     py-lmdb refuses to open a path "already open in this process", and a forked child inherits the
     parent's open-environment list (the builder opens the img_dbs to read their keys), so forked
-    workers cannot read. A forkserver (or spawn) child starts clean; TxtDb/ImgDb pickle as paths.
+    workers cannot read. A forkserver (or spawn) child starts clean; datasets pickle as paths and
+    shared-table files (data/shared_table.py), and each worker opens its LMDB environments once.
     """
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)  # takes effect when the server starts (first loader)
+    return context
 
 
 class PretrainTask:

@@ -27,7 +27,7 @@ from data.collate import collate_backbone
 from data.errors import DataError
 from data.sampler import OrderedBatchSampler, TokenBucketSampler
 from data.tasks.base import (ExampleSource, LoaderOptions, Objective, ObjectiveSettings, PretrainTask, TaskDataset,
-                             move_to, text_example, wrap_text)
+                             move_to, text_example, worker_context, wrap_text)
 from data.tasks.build import task_seed
 from data.tasks.registry import register_task
 from utils.config import ConfigError
@@ -255,7 +255,8 @@ def predict(model, data: TaskDataset, sampler: OrderedBatchSampler, options: Loa
     was_training = model.training
     model.eval()
     loader = DataLoader(data, batch_sampler=sampler, collate_fn=data.objective.collate,
-                        num_workers=options.num_workers, pin_memory=options.pin_memory)
+                        num_workers=options.num_workers, pin_memory=options.pin_memory,
+                        multiprocessing_context=worker_context() if options.num_workers > 0 else None)
     try:
         for batch in loader:
             batch = move_to(batch, options.device)

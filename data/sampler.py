@@ -37,9 +37,12 @@ def _batch_sizes(sorted_lens: Sequence[int], batch_tokens: int, size_multiple: i
     would break the budget, that step is cut down to what fits (at least one example). The first example
     of a batch is its longest, so ``its length * batch size <= batch_tokens`` is the budget test.
     """
+    n = len(sorted_lens)
+    if n and int(sorted_lens[0]) * size_multiple <= batch_tokens:
+        return _batch_sizes_fast(np.asarray(sorted_lens, dtype=np.int64), batch_tokens, size_multiple)
+    sorted_lens = [int(x) for x in sorted_lens]
     sizes: list[int] = []
     size = head_len = 0
-    n = len(sorted_lens)
     for start in range(0, n, size_multiple):
         step = min(size_multiple, n - start)
         if size and head_len * (size + step) <= batch_tokens:
@@ -59,9 +62,26 @@ def _batch_sizes(sorted_lens: Sequence[int], batch_tokens: int, size_multiple: i
     return sizes
 
 
+def _batch_sizes_fast(sorted_lens: np.ndarray, batch_tokens: int, size_multiple: int) -> list[int]:
+    """:func:`_batch_sizes` when no step is ever cut (``longest * size_multiple <= batch_tokens``).
+
+    Then every batch starts on a step boundary, its first example is its longest, and it takes as many
+    whole steps as the budget allows for that head (all the rest when fewer remain): the size at every
+    possible start is computed at once, and only the jumps from batch to batch are a loop.
+    """
+    n = len(sorted_lens)
+    size_at = np.minimum(n - np.arange(n), size_multiple * (batch_tokens // (sorted_lens * size_multiple)))
+    sizes, start = [], 0
+    while start < n:
+        size = int(size_at[start])
+        sizes.append(size)
+        start += size
+    return sizes
+
+
 def _fill_batches(order: np.ndarray, lens: np.ndarray, batch_tokens: int, size_multiple: int) -> list[list[int]]:
     """Greedy batches (lists of indices) over ``order`` (indices sorted longest first)."""
-    bounds = np.cumsum([0] + _batch_sizes(lens[order].tolist(), batch_tokens, size_multiple))
+    bounds = np.cumsum([0] + _batch_sizes(lens[order], batch_tokens, size_multiple))
     return [order[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
 
 
@@ -148,7 +168,7 @@ class TokenBucketSampler:
             # Stable sort keeps the shuffled order among equal lengths.
             bucket = bucket[np.argsort(-self.lens[bucket], kind="stable")]
             sorted_parts.append(bucket)
-            sizes += _batch_sizes(self.lens[bucket].tolist(), self.batch_tokens, self.size_multiple)
+            sizes += _batch_sizes(self.lens[bucket], self.batch_tokens, self.size_multiple)
         return np.concatenate(sorted_parts), sizes, rng
 
     def num_batches(self, epoch: int) -> int:

@@ -90,6 +90,15 @@ class StringTable:
         self._offsets = SharedArray(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         self._bytes = SharedArray(np.frombuffer(buffer, dtype=np.uint8))
 
+    @classmethod
+    def from_buffer(cls, buffer: np.ndarray, offsets: np.ndarray, sorted_: bool = False) -> "StringTable":
+        """A table over an existing UTF-8 byte buffer (uint8) and its (N + 1,) offsets (no per-string work)."""
+        table = cls.__new__(cls)
+        table.sorted = sorted_
+        table._offsets = SharedArray(np.asarray(offsets, dtype=np.int64))
+        table._bytes = SharedArray(np.asarray(buffer, dtype=np.uint8))
+        return table
+
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
@@ -99,6 +108,14 @@ class StringTable:
         i %= len(self)
         a, b = int(self._offsets[i]), int(self._offsets[i + 1])
         return bytes(self._bytes.array[a:b]).decode("utf-8")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StringTable):
+            return NotImplemented
+        return (np.array_equal(self._offsets.array, other._offsets.array)
+                and np.array_equal(self._bytes.array, other._bytes.array))
+
+    __hash__ = None  # mutable-free but large: compared by content, never hashed
 
     def find(self, s: str) -> int:
         """Index of ``s`` in a sorted table, or -1 (O(log N) string reads)."""
@@ -110,7 +127,12 @@ class StringTable:
         return i if i < len(self) and keys[i] == s.encode("utf-8") else -1
 
     def tolist(self) -> list[str]:
-        return [self[i] for i in range(len(self))]
+        raw = self._bytes.array.tobytes()
+        text = raw.decode("utf-8")
+        bounds = self._offsets.array.tolist()
+        if len(text) != len(raw):  # non-ASCII: byte offsets are not character offsets
+            return [raw[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])]
+        return [text[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 class _BytesView:

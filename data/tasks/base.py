@@ -63,12 +63,16 @@ class ExampleSource:
         if not parts:
             raise DataError("a dataset needs at least one (txt_db, img_db) pair")
         self.parts = list(parts)
-        self._ids = [StringTable([str(i) for i in txt.ids]) for txt, _ in self.parts]
+        tables = [self._example_tables(txt) for txt, _ in self.parts]
+        self._ids = [t[0] for t in tables]     # caption ids of the kept examples
+        self._images = [t[1] for t in tables]  # sorted distinct image names of each part
+        self._img_of = [t[2] for t in tables]  # (n,) image index of each kept example
         self._offsets = np.cumsum([0] + [len(ids) for ids in self._ids])
-        tables = [self._image_table(k) for k in range(len(self.parts))]
-        self._images = [names for names, _ in tables]    # sorted distinct image names of each part
-        self._img_of = [img_of for _, img_of in tables]  # (n,) image index of each kept example
-        self.lens = np.concatenate([self._part_lens(k) for k in range(len(self.parts))]).astype(np.int64)
+        counts: list[np.ndarray] = []
+        for k in range(len(self.parts)):
+            counts.append(self._box_counts(k, counts))
+        self.lens = np.concatenate([np.asarray(t[3], dtype=np.int64) + NUM_SPECIALS + counts[k][self._img_of[k].array]
+                                    for k, t in enumerate(tables)]).astype(np.int64)
         if len(self) == 0:  # else the sampler fails later without naming the databases
             dbs = ", ".join(str(getattr(txt, "db_dir", "txt_db")) for txt, _ in self.parts)
             stored = sum(len(getattr(txt, "id2len", ())) for txt, _ in self.parts)
@@ -78,9 +82,13 @@ class ExampleSource:
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "lens"}  # the sampler's input, main process only
 
-    def _image_table(self, k: int) -> tuple[StringTable, SharedArray]:
-        """Part ``k``'s sorted distinct images and each kept example's image index; every example needs one."""
-        txt = self.parts[k][0]
+    @staticmethod
+    def _example_tables(txt) -> tuple[StringTable, StringTable, SharedArray, Sequence[int]]:
+        """(kept ids, sorted distinct images, image index of each kept example, text lengths) of a txt db;
+        every example needs an image. A reader may build them itself (``example_tables()``, e.g. with
+        numpy for synthetic data)."""
+        if hasattr(txt, "example_tables"):
+            return txt.example_tables()
         names = [txt.txt2img.get(i) for i in txt.ids]
         if None in names:
             bad = txt.ids[names.index(None)]
@@ -89,17 +97,21 @@ class ExampleSource:
         distinct = sorted(set(names))
         column = {name: j for j, name in enumerate(distinct)}
         img_of = np.fromiter((column[n] for n in names), dtype=np.int32, count=len(names))
-        return StringTable(distinct, sorted_=True), SharedArray(img_of)
+        return StringTable([str(i) for i in txt.ids]), StringTable(distinct, sorted_=True), SharedArray(img_of), txt.lens
 
-    def _part_lens(self, k: int) -> np.ndarray:
+    def _box_counts(self, k: int, earlier: list[np.ndarray]) -> np.ndarray:
+        """(n_images,) boxes of part ``k``'s distinct images. Parts over the same img_db with the same
+        images (one image set captioned in several languages) share one lookup (``earlier``: parts < k)."""
         txt, img = self.parts[k]
+        for j in range(k):
+            if self.parts[j][1] is img and self._images[j] == self._images[k]:
+                return earlier[j]
         distinct = self._images[k].tolist()
         missing = [name for name in distinct if name not in img.name2nbb]
         if missing:
             raise DataError(f"{getattr(img, 'db_dir', 'img_db')}: no image {missing[0]!r} (and {len(missing) - 1} "
                             f"more) referenced by {getattr(txt, 'db_dir', 'txt_db')}/txt2img.json")
-        nbb = np.array([img.name2nbb[name] for name in distinct], dtype=np.int64)
-        return np.asarray(txt.lens, dtype=np.int64) + NUM_SPECIALS + nbb[self._img_of[k].array]
+        return np.fromiter((img.name2nbb[name] for name in distinct), dtype=np.int64, count=len(distinct))
 
     def __len__(self) -> int:
         return int(self._offsets[-1])

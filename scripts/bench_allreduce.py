@@ -70,7 +70,7 @@ class BackboneLoss(torch.nn.Module):
         self.model = model
 
     def forward(self, batch: dict) -> torch.Tensor:
-        from data.tasks.base import run_backbone
+        from tasks.base import run_backbone
 
         return run_backbone(self.model, batch).float().pow(2).mean()
 

@@ -6,7 +6,7 @@
 
 Synthetic metadata, no feature files: six caption "databases" (the released config's CC in six languages,
 one caption per image and language) over one image set, given to the project's real
-:class:`data.tasks.base.ExampleSource`, :class:`TaskDataset`, ITM objective, :class:`TokenBucketSampler` and
+:class:`tasks.base.ExampleSource`, :class:`TaskDataset`, ITM objective, :class:`TokenBucketSampler` and
 DataLoader workers. Only the reads are synthetic: a caption's token ids and an image's regions are drawn
 from its id instead of read from LMDB (the real readers pickle the same way: paths plus shared tables).
 The example tables are built with numpy instead of from JSON side files (20 M-entry JSON dicts would cost
@@ -98,8 +98,8 @@ def measure_workers(task, workers: int) -> dict[str, float]:
 def build_task(captions: int, world: int, workers: int, batch_tokens: int):
     """The ITM task over six synthetic languages, rank 0 of ``world``, with the project's classes."""
     from data.sampler import TokenBucketSampler
-    from data.tasks.base import ExampleSource, LoaderOptions, ObjectiveSettings, PretrainTask, TaskDataset
-    from data.tasks.registry import get_task
+    from tasks.base import ExampleSource, LoaderOptions, ObjectiveSettings, PretrainTask, TaskDataset
+    from tasks.registry import get_task
 
     from data.synthetic import SyntheticCaptions, SyntheticImages
 

@@ -5,13 +5,13 @@
     python scripts/gpu_check.py --device cpu --tiny                                # dry run of the same code
 
 On a CUDA device it builds the benchmark's generated corpus (scripts/benchmark.py, base shape: XLM-R base
-encoder, 2048-d regions) and trains the real :class:`utils.trainer.Trainer` on the MLM, ITM, MRTM and VTLM
+encoder, 2048-d regions) and trains the real :class:`training.trainer.Trainer` on the MLM, ITM, MRTM and VTLM
 tasks with fused AdamW and SDPA attention under
 
 * fp16: autocast + GradScaler; the run stops at half way and a new Trainer resumes it from the checkpoint;
 * bf16: autocast, no scaler.
 
-and then scores a synthetic retrieval set with :func:`utils.itm_eval.measure_scoring`. It prints one JSON
+and then scores a synthetic retrieval set with :func:`evaluation.itm_eval.measure_scoring`. It prints one JSON
 object: per precision the step time (median after warm-up), real tokens/s, model FLOP/s and MFU against
 the GPU's published dense fp16/bf16 tensor peak (``--peak_tflops`` for a GPU not in the table), max CUDA
 memory; which SDPA backends ran (flash attention takes no attention mask, so masked batches use the
@@ -105,8 +105,8 @@ def build_run(bench, shape, paths, precision: str, out: Path, steps: int, device
               workers: int):
     """A Trainer over the benchmark corpus' tasks (fresh model, seed 0)."""
     from model.model import UC2ForPretraining
-    from utils.run_config import PretrainConfig
-    from utils.trainer import Trainer
+    from training.run_config import PretrainConfig
+    from training.trainer import Trainer
 
     cfg = PretrainConfig(output_dir=str(out), precision=precision, num_train_steps=steps, warmup_steps=2,
                          learning_rate=1e-4, save_steps=steps // 2, valid_steps=0, log_steps=steps,
@@ -193,7 +193,7 @@ def flash_probe(bench, shape, paths, device) -> dict[str, Any]:
 
 
 def retrieval_scoring(bench, shape, model, precision: str) -> dict[str, Any]:
-    from utils.itm_eval import ScoreSettings, measure_scoring, synthetic_set
+    from evaluation.itm_eval import ScoreSettings, measure_scoring, synthetic_set
 
     n_txt, n_img = (64, 128) if shape.layers >= 12 else (4, 6)
     dataset = synthetic_set(n_txt, n_img, shape.txt_tokens + 2, shape.regions, shape.img_dim, vocab_size=shape.vocab)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -24,14 +23,13 @@ import torch
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # when run as a script by a subprocess test
-    sys.path.insert(0, str(REPO_ROOT))
 
-from utils import distributed as du  # noqa: E402
-from utils.checkpoint import CheckpointManager, atomic_write, load_torch_file  # noqa: E402
-from utils.config import parse_args_and_config  # noqa: E402
-from utils.run_config import TrainConfig  # noqa: E402
-from utils.trainer import Trainer  # noqa: E402
+from utils import distributed as du
+from utils.atomic import atomic_write
+from utils.checkpoint import CheckpointManager, load_torch_file
+from utils.config import parse_args_and_config
+from training.run_config import TrainConfig
+from training.trainer import Trainer
 
 IN_DIM = 4
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tests._toy_tasks import build
-from utils.run_config import TrainConfig
-from utils.trainer import Trainer
+from training.run_config import TrainConfig
+from training.trainer import Trainer
 
 ACCUM = 3
 

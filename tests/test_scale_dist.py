@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tests._toy_tasks import main as toy_main
-from utils.checkpoint import CheckpointError, CheckpointManager, load_torch_file
+from utils.checkpoint import CheckpointManager, load_torch_file
+from utils.errors import CheckpointError
 
 TOY = Path(__file__).resolve().parent / "_toy_tasks.py"
 # dropout > 0: each rank draws its own masks, so a rank restored with another rank's RNG would diverge

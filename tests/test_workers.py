@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from data.img_db import ImgDb
-from data.tasks.base import LoaderOptions
-from data.tasks.build import build_pretrain_tasks
-from data.tasks.retrieval import RankSettings
-from data.tasks.vqa import build_vqa_task, load_label2ans
+from tasks.base import LoaderOptions
+from tasks.build import build_pretrain_tasks
+from tasks.retrieval import RankSettings
+from tasks.vqa import build_vqa_task, load_label2ans
 from data.txt_db import TxtDb
 from tests.test_retrieval_task import make_task
 from tests.test_tasks import PieceTokenizer, data_dir, run_config  # noqa: F401  (data_dir is a fixture)
 from tests.test_train_vqa import write_vqa_corpus
-from utils.vqa_config import VQAConfig
+from training.vqa_config import VQAConfig
 
 ALL_PRETRAIN = ("mlm", "itm", "mrtm", "mrc", "mrc-kl", "mrfr")  # plus vtlm ("tlm") on the paired db
 

@@ -78,7 +78,9 @@ class ToyTask:
     def validate(self, model: nn.Module) -> dict[str, float]:
         batch = self._examples((self.seed, self.task_id, 10**7), 32)  # a key no training batch uses
         loss, _ = self.compute_loss(model, batch)
-        return {"mse": float(loss.detach())}
+        self.validations = getattr(self, "validations", 0) + 1
+        # "validations" grows every time: kept by maximum, every validation makes a new best model
+        return {"mse": float(loss.detach()), "validations": float(self.validations)}
 
 
 def build(cfg: TrainConfig, batch_size: int, rank: int = 0, world_size: int = 1) -> tuple[ToyModel, list[ToyTask]]:
@@ -101,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> Trainer:
     parser.add_argument("--dump_params", default="", help="file for the final weights; {rank} is replaced")
     parser.add_argument("--stop_after_step", type=int, default=-1, help="every rank exits (status 0) here")
     parser.add_argument("--disk_full_step", type=int, default=-1, help="rank 0's checkpoint writes fail here")
-    parser.add_argument("--best_metric", default=None, help="e.g. reg_a/mse (kept by minimum)")
+    parser.add_argument("--best_metric", default=None, help="e.g. reg_a/mse")
+    parser.add_argument("--best_mode", choices=["min", "max"], default="min")
     parser.add_argument("--slow_best_write", type=float, default=0.0, help="seconds rank 0 waits before "
                         "writing model_best.pt (a reader that does not wait for it would see the old one)")
     parser.add_argument("--dump_best", default="", help="after training each rank writes the best model it "
@@ -125,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> Trainer:
             os._exit(0)
 
     trainer = Trainer(model, tasks, cfg, device=torch.device("cpu"), callbacks=[hooks],
-                      best_metric=opts.best_metric, best_mode="min")
+                      best_metric=opts.best_metric, best_mode=opts.best_mode)
     try:
         trainer.train()
         if opts.dump_params:

@@ -22,6 +22,7 @@ import numpy as np
 
 from data.lmdb_env import DEFAULT_MAP_SIZE, LazyEnv, LmdbBuilder, load_json_file
 from data.safe_msgpack import PickledRecordError, unpack_numpy_msgpack
+from data.shared_table import MainProcessTables, SharedArray, StringTable
 from utils.atomic import atomic_write_json
 from utils.errors import DataError, DataKeyError
 
@@ -91,7 +92,7 @@ def _float32_rows(arr: np.ndarray, n: int) -> np.ndarray:
     return np.array(arr[:n], dtype=np.float32)
 
 
-class ImgDb:
+class ImgDb(MainProcessTables):
     """Read-only image feature database of one image set.
 
     Args:
@@ -105,6 +106,8 @@ class ImgDb:
         db_dir: the sub-LMDB chosen; names: image names (``__keys__``); name2nbb: boxes used per image;
         feat_dim: feature width D (2048 for BUTD features); label_dim: soft-label width C or None.
     """
+
+    SIDE_TABLES = frozenset({"names", "_name_set", "name2nbb"})  # not pickled for workers
 
     def __init__(self, img_dir: str | os.PathLike, conf_th: float = 0.2, max_bb: int = 100,
                  min_bb: int = 10, num_bb: int = 36, compressed: bool | None = None,
@@ -225,11 +228,12 @@ class ImgDb:
         Returns writable float32 arrays: ``features`` (n, D), ``norm_bb`` (n, 6), ``pos_feat`` (n, 7)
         = [x1, y1, x2, y2, w, h, w*h], and when stored ``conf`` (n, 1) and ``soft_labels`` (n, C).
         """
-        if fname not in self._name_set:
+        n_boxes = self._box_count(fname)
+        if n_boxes is None:
             raise DataKeyError(f"image db {self.db_dir}: no image named {fname!r}")
         rec = self._read(fname)
         self._check_shapes(rec, fname, self.feat_dim)
-        n = min(self.name2nbb[fname], rec["features"].shape[0])
+        n = min(n_boxes, rec["features"].shape[0])
         out = {k: _float32_rows(rec[k], n) for k in _OUTPUT_FIELDS if isinstance(rec.get(k), np.ndarray)}
         bb = out["norm_bb"]
         out["pos_feat"] = np.concatenate([bb, bb[:, 4:5] * bb[:, 5:6]], axis=1)
@@ -238,7 +242,30 @@ class ImgDb:
     __getitem__ = get
 
     def __repr__(self) -> str:
-        return f"ImgDb({str(self.db_dir)!r}, {len(self.names)} images, D={self.feat_dim})"
+        return f"ImgDb({str(self.db_dir)!r}, D={self.feat_dim})"
+
+    def _box_count(self, fname: str) -> int | None:
+        """Boxes used for ``fname`` (None when it is not in the db): from the dicts in the main process,
+        from the shared sorted table in a worker."""
+        if "name2nbb" in self.__dict__:
+            return self.name2nbb[fname] if fname in self._name_set else None
+        names, counts = self._shared_counts()
+        i = names.find(fname)
+        return None if i < 0 else int(counts[i])
+
+    def _shared_counts(self) -> tuple[StringTable, SharedArray]:
+        """(sorted image names, their box counts): what workers need of the side tables, ~10 B per image."""
+        if self.__dict__.get("_counts") is None:
+            names = sorted(self.names)
+            self._counts = (StringTable(names, sorted_=True),
+                            SharedArray(np.array([self.name2nbb[n] for n in names], dtype=np.int32)))
+        return self._counts
+
+    def __getstate__(self) -> dict:
+        """Paths, rule and the shared box-count table; the per-image dicts and lists stay in the main
+        process (``SIDE_TABLES``)."""
+        self._shared_counts()
+        return super().__getstate__()
 
 
 # --- writer ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 
 from data.lmdb_env import DEFAULT_MAP_SIZE, LazyEnv, LmdbBuilder, load_json_file
 from data.safe_msgpack import PickledRecordError, unpack_numpy_msgpack
+from data.shared_table import MainProcessTables
 from utils.atomic import atomic_write_json
 from utils.errors import DataError, DataKeyError
 
@@ -86,8 +87,12 @@ def _is_id_list(v) -> bool:
 # --- reader ----------------------------------------------------------------------------------------
 
 
-class TxtDb:
+class TxtDb(MainProcessTables):
     """Read-only text database.
+
+    Pickled (for a data-loader worker) it keeps path, meta and LMDB handle: the per-example side tables
+    (``SIDE_TABLES``, hundreds of bytes per caption) stay in the main process, and datasets keep what
+    workers need as shared tables (data/shared_table.py).
 
     Args:
         db_dir: the ``NAME.db`` directory.
@@ -99,6 +104,8 @@ class TxtDb:
         id2len, txt2img, img2txts: the side files, for all examples.
         ids: ids of the kept examples, in ``id2len.json`` order; lens: their lengths, aligned with ids.
     """
+
+    SIDE_TABLES = frozenset({"id2len", "txt2img", "img2txts", "ids", "lens", "_id_set"})
 
     def __init__(self, db_dir: str | os.PathLike, max_txt_len: int | None = None):
         self.db_dir = Path(db_dir)
@@ -157,7 +164,10 @@ class TxtDb:
         return read_txt_value(data, where=f"text db {self.db_dir}, key {id_!r}")
 
     def __repr__(self) -> str:
+        if "ids" not in self.__dict__:
+            return f"TxtDb({str(self.db_dir)!r}, reader)"
         return f"TxtDb({str(self.db_dir)!r}, {len(self.ids)} of {len(self.id2len)} examples)"
+
 
 
 # --- writer ----------------------------------------------------------------------------------------

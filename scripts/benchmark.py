@@ -3,6 +3,7 @@
 
     python scripts/benchmark.py [--shape base|tiny] [--steps N] [--out FILE.json]
         [--tasks mlm,itm,mrtm,vtlm] [--device cpu|cuda] [--precision fp32|bf16|fp16] [--workers N]
+    python scripts/benchmark.py --scale [--captions 20000000] [--world 8] [--workers 4] [--out FILE.json]
 
 What it measures, all in the same process so that the ratios are comparable on a shared machine:
 
@@ -619,6 +620,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: load in-process)")
     parser.add_argument("--load_batches", type=int, default=4, help="batches timed after the first")
+    parser.add_argument("--scale", action="store_true", help="run the scale section instead (scripts/bench_scale.py: "
+                        "batch plan, dataset pickle and worker memory at --captions / --world; --workers defaults to 4)")
+    parser.add_argument("--captions", type=int, default=20_000_000, help="scale section: synthetic captions")
+    parser.add_argument("--world", type=int, default=8, help="scale section: ranks the sampler shards over")
     args = parser.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
@@ -665,8 +670,21 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def scale_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The scale section (scripts/bench_scale.py, loaded by path: scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("uc2_bench_scale", REPO_ROOT / "scripts" / "bench_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--captions", str(args.captions), "--world", str(args.world), "--workers", str(args.workers or 4)]
+    return module.main(argv + (["--out", str(args.out)] if args.out is not None else []))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.scale:
+        return scale_section(args)
     report = run_benchmark(args)
     print(format_table(report))
     if args.out is not None:

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.collate import box_pos_feat, collate_backbone, img_mask_target, pad_sequences, xlmr_position_ids
+from data.shared_table import SharedArray, StringTable
 from utils.device import move_to_device
 from utils.config import field
 from utils.errors import ConfigError, DataError
@@ -80,43 +81,64 @@ class PartIndex:
 class ExampleSource:
     """The examples of one dataset: parts ``(TxtDb, ImgDb)`` concatenated under one flat index.
 
-    ``lens`` (N,) holds each example's sequence length (text + 2 specials + regions), the sampler's input.
+    ``lens`` (N,) holds each example's sequence length (text + 2 specials + regions), the sampler's input;
+    it stays in the main process. What workers need per example (caption id, image) is kept in shared
+    tables (data/shared_table.py): pickling a source for a worker sends file paths, not the tables.
     """
 
     def __init__(self, parts: Sequence[tuple[Any, Any]]):
         if not parts:
             raise DataError("a dataset needs at least one (txt_db, img_db) pair")
         self.parts = list(parts)
-        self._ids: list[list[str]] = [list(txt.ids) for txt, _ in self.parts]
+        tables = [self._example_tables(txt) for txt, _ in self.parts]
+        self._ids = [t[0] for t in tables]     # caption ids of the kept examples
+        self._images = [t[1] for t in tables]  # sorted distinct image names of each part
+        self._img_of = [t[2] for t in tables]  # (n,) image index of each kept example
         self._index = PartIndex([len(ids) for ids in self._ids], "example")
-        self._images = [self._image_names(k) for k in range(len(self.parts))]
-        self._image_pos = [{name: k for k, name in enumerate(names)} for names in self._images]
-        self.lens = np.concatenate([self._part_lens(k) for k in range(len(self.parts))]).astype(np.int64)
+        counts: list[np.ndarray] = []
+        for k in range(len(self.parts)):
+            counts.append(self._box_counts(k, counts))
+        self.lens = np.concatenate([np.asarray(t[3], dtype=np.int64) + NUM_SPECIALS + counts[k][self._img_of[k].array]
+                                    for k, t in enumerate(tables)]).astype(np.int64)
         if len(self) == 0:  # else the sampler fails later without naming the databases
             dbs = ", ".join(str(getattr(txt, "db_dir", "txt_db")) for txt, _ in self.parts)
             stored = sum(len(getattr(txt, "id2len", ())) for txt, _ in self.parts)
             raise DataError(f"{dbs}: no example to use ({stored} stored; training skips examples longer "
                             f"than max_txt_len)")
 
-    def _image_names(self, k: int) -> list[str]:
-        """Sorted distinct images of part ``k``'s kept examples; every example must have one."""
-        txt = self.parts[k][0]
-        names = [txt.txt2img.get(i) for i in self._ids[k]]
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "lens"}  # the sampler's input, main process only
+
+    @staticmethod
+    def _example_tables(txt) -> tuple[StringTable, StringTable, SharedArray, Sequence[int]]:
+        """(kept ids, sorted distinct images, image index of each kept example, text lengths) of a txt db;
+        every example needs an image. A reader may build them itself (``example_tables()``, e.g. with
+        numpy for synthetic data)."""
+        if hasattr(txt, "example_tables"):
+            return txt.example_tables()
+        names = [txt.txt2img.get(i) for i in txt.ids]
         if None in names:
-            bad = self._ids[k][names.index(None)]
+            bad = txt.ids[names.index(None)]
             raise DataError(f"{getattr(txt, 'db_dir', 'txt_db')}/txt2img.json: example {bad!r} has no image; "
                             f"pretraining needs an img_fname for every example")
-        return sorted(set(names))
+        distinct = sorted(set(names))
+        column = {name: j for j, name in enumerate(distinct)}
+        img_of = np.fromiter((column[n] for n in names), dtype=np.int32, count=len(names))
+        return StringTable([str(i) for i in txt.ids]), StringTable(distinct, sorted_=True), SharedArray(img_of), txt.lens
 
-    def _part_lens(self, k: int) -> np.ndarray:
+    def _box_counts(self, k: int, earlier: list[np.ndarray]) -> np.ndarray:
+        """(n_images,) boxes of part ``k``'s distinct images. Parts over the same img_db with the same
+        images (one image set captioned in several languages) share one lookup (``earlier``: parts < k)."""
         txt, img = self.parts[k]
-        missing = [name for name in self._images[k] if name not in img.name2nbb]
+        for j in range(k):
+            if self.parts[j][1] is img and self._images[j] == self._images[k]:
+                return earlier[j]
+        distinct = self._images[k].tolist()
+        missing = [name for name in distinct if name not in img.name2nbb]
         if missing:
             raise DataError(f"{getattr(img, 'db_dir', 'img_db')}: no image {missing[0]!r} (and {len(missing) - 1} "
                             f"more) referenced by {getattr(txt, 'db_dir', 'txt_db')}/txt2img.json")
-        txt_lens = np.asarray(txt.lens, dtype=np.int64)
-        nbbs = np.array([img.name2nbb[txt.txt2img[i]] for i in self._ids[k]], dtype=np.int64)
-        return txt_lens + NUM_SPECIALS + nbbs
+        return np.fromiter((img.name2nbb[name] for name in distinct), dtype=np.int64, count=len(distinct))
 
     def __len__(self) -> int:
         return len(self._index)
@@ -149,7 +171,7 @@ class ExampleSource:
                             f"images to draw a negative, found {len(names)}")
         # Draw among the n - 1 others by skipping over the true image's slot.
         k = int(rng.integers(len(names) - 1))
-        return names[k + (k >= self._image_pos[part][fname])]
+        return names[k + (k >= names.find(fname))]
 
 
 def wrap_text(ids: Sequence[int], meta: dict) -> torch.Tensor:
@@ -254,14 +276,24 @@ class LoaderOptions:
     device: str | torch.device = "cpu"
 
 
-def worker_context() -> str:
+#: imported once by the forkserver, so that each worker forks with them loaded instead of importing
+#: torch again (seconds per worker, at every validation, where loaders are rebuilt)
+WORKER_PRELOAD = ["torch", "numpy", "lmdb", "tasks.build", "tasks.retrieval", "tasks.vqa"]
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
     """Start method for loader workers: never plain fork.
 
     py-lmdb refuses to open a path "already open in this process", and a forked child inherits the
     parent's open-environment list (the builder opens the img_dbs to read their keys), so forked
-    workers cannot read. A forkserver (or spawn) child starts clean; TxtDb/ImgDb pickle as paths.
+    workers cannot read. A forkserver (or spawn) child starts clean; datasets pickle as paths and
+    shared-table files (data/shared_table.py), and each worker opens its LMDB environments once.
     """
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)  # takes effect when the server starts (first loader)
+    return context
 
 
 def make_loader(dataset: Dataset, batch_sampler: Any, collate: Callable[[list], dict],

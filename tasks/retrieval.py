@@ -34,6 +34,7 @@ from data.collate import collate_backbone
 from data.img_db import ImgDb
 from utils.errors import DataError
 from data.sampler import TokenBucketSampler
+from data.shared_table import SharedArray, StringTable
 from model.heads import itm_head, rank_head
 from tasks.base import LoaderOptions, PartIndex, make_loader, run_backbone, text_example, wrap_text
 from utils.device import move_to_device
@@ -91,16 +92,17 @@ class PairSource:
     """Positive pairs of one or more ``(TxtDb, ImgDb)`` parts under one flat index.
 
     Per part: ``ids`` (caption ids), ``images`` (sorted image names) and ``cap_img`` (n_cap,) int64,
-    the image index of every caption, which is what negative drawing needs.
+    the image index of every caption, which is what negative drawing needs. They are shared tables
+    (data/shared_table.py), so data-loader workers map them instead of unpickling copies.
     """
 
     def __init__(self, parts: Sequence[tuple[Any, Any]]):
         if not parts:
             raise DataError("itm_rank: expected at least one (txt_db, img_db) training part, got none")
         self.parts = list(parts)
-        self.ids: list[list[str]] = []
-        self.images: list[list[str]] = []
-        self.cap_img: list[np.ndarray] = []
+        self.ids: list[StringTable] = []
+        self.images: list[StringTable] = []
+        self.cap_img: list[SharedArray] = []
         for txt, img in self.parts:
             self._add_part(txt, img)
         self._index = PartIndex([len(ids) for ids in self.ids], "pair")
@@ -117,9 +119,9 @@ class PairSource:
             raise DataError(f"{where}: image {missing[0]!r} is not in image db "
                             f"{getattr(img, 'img_dir', img)} ({len(missing)} missing)")
         col = {f: j for j, f in enumerate(names)}
-        self.ids.append(ids)
-        self.images.append(names)
-        self.cap_img.append(np.array([col[f] for f in fnames], dtype=np.int64))
+        self.ids.append(StringTable(ids))
+        self.images.append(StringTable(names, sorted_=True))
+        self.cap_img.append(SharedArray(np.array([col[f] for f in fnames], dtype=np.int64)))
 
     def __len__(self) -> int:
         return len(self._index)
@@ -147,7 +149,7 @@ class PairSource:
     def negative_captions(self, part: int, cap: int, n: int, rng: np.random.Generator) -> np.ndarray:
         """(n,) caption indices whose image differs from caption ``cap``'s image (uniform, with
         replacement), by rejection: each draw is kept with probability (captions of other images)/all."""
-        cap_img = self.cap_img[part]
+        cap_img = self.cap_img[part].array
         own = cap_img[cap]
         out: list[np.ndarray] = []
         got = 0

@@ -12,6 +12,7 @@ hang``), ``--dump_params FILE`` writes this rank's final parameters.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from torch import nn
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 from utils import distributed as du
+from utils.atomic import atomic_write
+from utils.checkpoint import CheckpointManager, load_torch_file
 from utils.config import parse_args_and_config
 from training.run_config import TrainConfig
 from training.trainer import Trainer
@@ -75,7 +78,9 @@ class ToyTask:
     def validate(self, model: nn.Module) -> dict[str, float]:
         batch = self._examples((self.seed, self.task_id, 10**7), 32)  # a key no training batch uses
         loss, _ = self.compute_loss(model, batch)
-        return {"mse": float(loss.detach())}
+        self.validations = getattr(self, "validations", 0) + 1
+        # "validations" grows every time: kept by maximum, every validation makes a new best model
+        return {"mse": float(loss.detach()), "validations": float(self.validations)}
 
 
 def build(cfg: TrainConfig, batch_size: int, rank: int = 0, world_size: int = 1) -> tuple[ToyModel, list[ToyTask]]:
@@ -96,10 +101,19 @@ def main(argv: Sequence[str] | None = None) -> Trainer:
     parser.add_argument("--die_step", type=int, default=-1)
     parser.add_argument("--die_mode", choices=["exit", "hang"], default="exit")
     parser.add_argument("--dump_params", default="", help="file for the final weights; {rank} is replaced")
+    parser.add_argument("--stop_after_step", type=int, default=-1, help="every rank exits (status 0) here")
+    parser.add_argument("--disk_full_step", type=int, default=-1, help="rank 0's checkpoint writes fail here")
+    parser.add_argument("--best_metric", default=None, help="e.g. reg_a/mse")
+    parser.add_argument("--best_mode", choices=["min", "max"], default="min")
+    parser.add_argument("--slow_best_write", type=float, default=0.0, help="seconds rank 0 waits before "
+                        "writing model_best.pt (a reader that does not wait for it would see the old one)")
+    parser.add_argument("--dump_best", default="", help="after training each rank writes the best model it "
+                        "reads to this file; {rank} is replaced")
     opts, rest = parser.parse_known_args(argv)
     cfg = parse_args_and_config(TrainConfig, rest)
     info = du.init_distributed(timeout_s=cfg.dist_timeout_s)
     model, tasks = build(cfg, opts.batch, info.rank, info.world_size)
+    _install_faults(opts, info.rank)
 
     def hooks(trainer: Trainer) -> None:
         if trainer.step == opts.hang_after_step:
@@ -109,16 +123,52 @@ def main(argv: Sequence[str] | None = None) -> Trainer:
             if opts.die_mode == "hang":
                 time.sleep(600)
             os._exit(3)
+        if trainer.step == opts.stop_after_step:
+            du.shutdown()
+            os._exit(0)
 
-    trainer = Trainer(model, tasks, cfg, device=torch.device("cpu"), callbacks=[hooks])
+    trainer = Trainer(model, tasks, cfg, device=torch.device("cpu"), callbacks=[hooks],
+                      best_metric=opts.best_metric, best_mode=opts.best_mode)
     try:
         trainer.train()
         if opts.dump_params:
             torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
                        opts.dump_params.format(rank=info.rank))
+        if opts.dump_best:  # read right after train() returns, as a final evaluation would
+            best = {"model": load_torch_file(trainer.ckpt.dir / "model_best.pt"), "info": trainer.ckpt.best_info()}
+            torch.save(best, opts.dump_best.format(rank=info.rank))
     finally:
         du.shutdown()
     return trainer
+
+
+def _install_faults(opts: argparse.Namespace, rank: int) -> None:
+    """Test faults on rank 0: a slow model_best.pt write, or a disk that fills up mid-checkpoint."""
+    if rank != 0:
+        return
+    if opts.slow_best_write > 0:
+        save_best = CheckpointManager.save_best
+
+        def slow_save_best(self, *args, **kwargs):
+            time.sleep(opts.slow_best_write)
+            return save_best(self, *args, **kwargs)
+
+        CheckpointManager.save_best = slow_save_best
+    if opts.disk_full_step >= 0:
+        save = CheckpointManager.save
+
+        def full_disk_save(self, step, model_state, train_state):
+            if step < opts.disk_full_step:
+                return save(self, step, model_state, train_state)
+            # half a file, then ENOSPC: what a full disk does in the middle of torch.save
+            return atomic_write(self.dir / self.MODEL.format(step), _write_half_then_fail)
+
+        CheckpointManager.save = full_disk_save
+
+
+def _write_half_then_fail(fh) -> None:
+    fh.write(b"\0" * 4096)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 if __name__ == "__main__":

@@ -157,3 +157,16 @@ def test_cli_help_from_another_directory(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--shape" in proc.stdout and "--precision" in proc.stdout
+
+
+def test_scale_section_on_small_synthetic_data(bench, tmp_path):
+    """The scale section end to end at 60 k captions (the 20 M run is the README's, < 3 min): every figure
+    present, the dataset pickles as paths, the workers were found and measured, the checks pass."""
+    out = tmp_path / "scale.json"
+    report = bench.main(["--scale", "--captions", "60000", "--world", "8", "--workers", "2", "--out", str(out)])
+    assert json.loads(out.read_text(encoding="utf-8")) == json.loads(json.dumps(report))
+    assert report["captions"] == 60000 and report["plan_examples"] == 60000 // 8
+    assert report["plan_batches"] > 0 and report["plan_peak_mb"] > 0
+    assert report["dataset_pickle_mb"] < 0.05  # paths of shared tables, not the tables
+    assert report["workers_found"] == 2 and report["workers_rss_mb"] >= report["workers_uss_mb"] > 0
+    assert all(report["checks"].values()), report["checks"]

@@ -133,13 +133,14 @@ class _PairDataset(Dataset):
     """Text example + its image's features, as a training dataset reads them."""
 
     def __init__(self, txt_db: TxtDb, img_db: ImgDb):
-        self.txt_db, self.img_db = txt_db, img_db
+        # the ids are the dataset's own: a TxtDb's side tables are not shipped to spawned workers
+        self.txt_db, self.img_db, self.ids = txt_db, img_db, list(txt_db.ids)
 
     def __len__(self):
-        return len(self.txt_db)
+        return len(self.ids)
 
     def __getitem__(self, i):
-        ex = self.txt_db[self.txt_db.ids[i]]
+        ex = self.txt_db[self.ids[i]]
         feats = self.img_db.get(ex["img_fname"])["features"]
         return torch.tensor(ex["input_ids"]).sum(), torch.from_numpy(feats).sum()
 

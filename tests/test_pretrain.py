@@ -23,6 +23,7 @@ from model.config import UC2ModelConfig
 from model.model import UC2ForPretraining
 from model.weights import load_uc2_checkpoint
 from tests._pretrain_helpers import REPO_ROOT, build_demo_dir, run_args, write_small_config
+from tests.helpers import horovodrun_or_skip
 from utils.config import parse_args_and_config
 from training.run_config import PretrainConfig
 
@@ -202,6 +203,19 @@ def test_two_ranks_killed_and_resumed_equal_one_run(demo, dist_run, tmp_path):
     final = load_weights(out / "model_final.pt")
     assert max_weight_diff(final, load_weights(dist_run / "run" / "model_final.pt")) <= 1e-6
     assert max_weight_diff(final, load_weights(tmp_path / "dumps" / "rank1.pt")) == 0.0
+
+
+def test_horovodrun_two_ranks_equal_torchrun(demo, dist_run, tmp_path):
+    """The original users' launcher: ``horovodrun -np 2 --gloo`` runs pretrain.py to the same weights."""
+    horovodrun = horovodrun_or_skip()
+    done = subprocess.run([*horovodrun, sys.executable, str(HELPER), "--dump_dir", str(tmp_path / "dumps"), "--",
+                           *dist_args(demo, tmp_path / "run")],
+                          env=subprocess_env(demo), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert torch.load(tmp_path / "run" / "ckpt" / "train_state_step_20.pt", weights_only=True)["world_size"] == 2
+    hvd = load_weights(tmp_path / "dumps" / "rank0.pt")
+    assert max_weight_diff(hvd, load_weights(tmp_path / "dumps" / "rank1.pt")) == 0.0
+    assert max_weight_diff(hvd, load_weights(dist_run / "dumps" / "rank0.pt")) == 0.0
 
 
 ORIGINAL_STYLE = """{

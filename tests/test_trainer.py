@@ -53,11 +53,13 @@ def test_loss_falls_and_tasks_mix_by_weight(tmp_path):
     assert (Path(cfg.output_dir) / "ckpt" / "model_step_30.pt").is_file()  # final checkpoint
 
 
-def test_gradient_accumulation_sums_micro_batches(tmp_path):
-    """accum 2 x batch 4 gives the update of accum 1 x batch 8 (same examples, mean loss)."""
+def test_mean_gradient_accumulation_equals_the_big_batch(tmp_path):
+    """With grad_accumulation "mean", accum 2 x batch 4 gives the update of accum 1 x batch 8 (same examples,
+    mean loss). The default "sum" (the released rule) is tested in tests/test_accumulation.py."""
     results = []
     for accum, batch in ((1, 8), (2, 4)):
-        cfg = _cfg(tmp_path / f"a{accum}", num_train_steps=3, gradient_accumulation_steps=accum)
+        cfg = _cfg(tmp_path / f"a{accum}", num_train_steps=3, gradient_accumulation_steps=accum,
+                   grad_accumulation="mean")
         model, tasks = build(cfg, batch_size=batch)
         # micro-batches of the accumulating run cover exactly the examples of the big batch
         trainer = Trainer(model, [_Rebatch(t, accum) for t in tasks], cfg, device=torch.device("cpu"))

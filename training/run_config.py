@@ -30,6 +30,9 @@ class TrainConfig:
     decay: Literal["linear", "invsqrt", "constant"] = field("linear", help="LR shape after warm-up")
     grad_norm: float = field(5.0, help="clip the global gradient norm to this (<= 0: no clipping)")
     gradient_accumulation_steps: int = field(1, help="micro-batches summed per optimizer step")
+    grad_accumulation: Literal["sum", "mean"] = field(
+        "sum", help="'sum': micro-batch gradients are summed before clipping, as the released UC2/UNITER "
+                    "code; 'mean': divided by gradient_accumulation_steps (clips less often)")
     train_batch_size: int = field(10240, help="tokens per GPU per training micro-batch")
     val_batch_size: int = field(10240, help="tokens per GPU per validation batch")
     valid_steps: int = field(5000, help="validate every this many optimizer steps (0: never)")

@@ -3,8 +3,8 @@
 Tasks follow the ``TrainTask`` protocol of docs/ARCHITECTURE.md (``name``, ``weight``,
 ``train_batches(start_batch)``, ``compute_loss(model, batch) -> (loss, logs)``, ``validate(model)``).
 Each optimizer step draws ONE task with a generator seeded by (seed, step), the same on every rank, runs
-``gradient_accumulation_steps`` micro-batches of it, averages the gradients over ranks, unscales (fp16),
-clips, steps the optimizer and the schedule. Checkpoints hold everything needed to continue bit-for-bit:
+``gradient_accumulation_steps`` micro-batches of it (gradients summed, as the released code, or averaged:
+``grad_accumulation``), averages the gradients over ranks, unscales (fp16), clips, steps the optimizer and the schedule. Checkpoints hold everything needed to continue bit-for-bit:
 model, optimizer, schedule, grad scaler, step, the batches each task consumed, and every rank's RNG.
 """
 from __future__ import annotations
@@ -73,6 +73,21 @@ def _check_resume_shapes(model: nn.Module, state: dict[str, Tensor], path: Path)
         raise CheckpointError(f"resume: {path} is from a model of another size ("
                               + ", ".join(p for p in parts if p) + "); resume with the run's own model "
                               "config, or use a new output_dir")
+
+
+def _check_world_size(state: dict[str, Any], path: Path) -> None:
+    """Refuse to resume with another number of ranks than the checkpoint's.
+
+    Each rank's data position counts *its own* batches of a per-rank shard, and each rank has its own
+    RNG stream; neither maps onto another sharding, so a silent resume would repeat or skip data.
+    """
+    saved = int(state.get("world_size", len(state.get("rng", [None]))))
+    world = du.get_world_size()
+    if saved != world:
+        raise CheckpointError(
+            f"resume: {path} was written by a run with world size {saved}, this run has world size {world}; "
+            f"resume with {saved} processes, or start a new run (new output_dir) with checkpoint="
+            f"{path.with_name(path.name.replace('train_state', 'model'))} to keep only the weights")
 
 
 class Trainer:
@@ -241,13 +256,24 @@ class Trainer:
             batch = move_to_device(batch, self.device, pin=self.cfg.pin_mem)
             with autocast(self.cfg.precision, self.device.type):
                 loss, logs = task.compute_loss(self.model, batch)
-            loss = loss.float() / accum  # summed over micro-steps = mean over them
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            total += loss.detach()
+            loss = loss.float()
+            scaled = loss * self._micro_grad_scale()
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            total += loss.detach() / accum  # the logged loss is the mean over micro-batches either way
             for key, value in logs.items():
                 value = value.detach().double() if isinstance(value, Tensor) else float(value)
                 logs_sum[key] += value / accum
         return total, dict(logs_sum), n_examples
+
+    def _micro_grad_scale(self) -> float:
+        """Factor on each micro-batch loss before backward.
+
+        The released UC2/UNITER code sums the micro-batch gradients and clips the sum
+        (``grad_accumulation = "sum"``, 1.0); "mean" divides by the accumulation count, so the clipped
+        norm is ``accum`` times smaller and the clip rarely acts.
+        """
+        mode = getattr(self.cfg, "grad_accumulation", "sum")
+        return 1.0 / self.cfg.gradient_accumulation_steps if mode == "mean" else 1.0
 
     def _optimizer_step(self) -> Tensor:
         """All-reduce grads, unscale (fp16), clip, step optimizer and schedule; returns the grad norm."""
@@ -336,10 +362,30 @@ class Trainer:
                                              else value < self.best_value)
         if better:
             self.best_value = value
-            if du.is_main():
-                self.ckpt.save_best(self.model.state_dict(),
-                                    {"metric": self.best_metric, "value": value, "step": self.step})
+            self._save_best({"metric": self.best_metric, "value": value, "step": self.step})
             self.logger.info(f"new best {self.best_metric}={value:.4g} at step {self.step}")
+
+    def _save_best(self, info: dict[str, Any]) -> None:
+        """Rank 0 writes model_best.pt; every rank waits until it is complete, so that no rank reads a
+        missing or older best model (e.g. a final evaluation right after the last validation)."""
+        if du.is_main():
+            self._write_checkpoint(lambda: self.ckpt.save_best(self.model.state_dict(), info), "model_best.pt")
+        du.barrier()
+
+    def _write_checkpoint(self, write: Callable[[], Any], what: str) -> None:
+        """Run ``write``; an OSError (disk full, quota, permissions) becomes a CheckpointError that names
+        the file and the last complete checkpoint, which the atomic writes left loadable."""
+        from utils.faults import DiskFullError
+
+        try:
+            write()
+        except DiskFullError as exc:  # already names the file (utils/faults.py); add what is still there
+            raise DiskFullError(f"{exc}; the last complete checkpoint is step {self.ckpt.latest()} and is "
+                                f"still loadable", exc.filename) from exc
+        except OSError as exc:
+            raise CheckpointError(f"writing {what} in {self.ckpt.dir} failed at step {self.step} "
+                                  f"({exc.strerror or exc}); the last complete checkpoint is step "
+                                  f"{self.ckpt.latest()} and is still loadable") from exc
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def save(self) -> None:
@@ -359,7 +405,8 @@ class Trainer:
                 "best_value": self.best_value, "world_size": du.get_world_size(),
                 "config": to_dict(self.cfg) if dataclasses.is_dataclass(self.cfg) else dict(vars(self.cfg)),
             }
-            self.ckpt.save(self.step, self.model.state_dict(), state)
+            self._write_checkpoint(lambda: self.ckpt.save(self.step, self.model.state_dict(), state),
+                                   f"the checkpoint of step {self.step}")
             self.logger.info(f"saved checkpoint of step {self.step} in {self.ckpt.dir}")
         du.barrier()
 
@@ -426,6 +473,7 @@ class Trainer:
             return False
         model_state, state = source[0].load(source[1])
         _check_resume_shapes(self.model, model_state, source[0].dir / source[0].MODEL.format(source[1]))
+        _check_world_size(state, source[0].dir / CheckpointManager.TRAIN.format(source[1]))
         self.load_state(model_state, state)
         self.logger.info(f"resumed from step {self.step} in {source[0].dir}")
         return True
@@ -443,7 +491,6 @@ class Trainer:
             raise CheckpointError(f"resume: checkpoint has tasks {sorted(unknown)} that this run does not have")
         self.consumed.update({k: int(v) for k, v in state["consumed"].items()})
         self.best_value = state.get("best_value")
-        rng = state["rng"]
-        _set_rng_state(rng[du.get_rank()] if len(rng) == du.get_world_size() else rng[0])
+        _set_rng_state(state["rng"][du.get_rank()])  # each rank its own stream (checked: same world size)
         self._streams.clear()
 

@@ -276,8 +276,9 @@ class DualEncoder(nn.Module):
         self.visual = tower(cfg.vision, cfg.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))
 
-    def encode_text(self, input_ids: Tensor) -> Tensor:
-        """(B, L) ids -> (B, E) unnormalised."""
+    def encode_text(self, input_ids: Tensor, lang: str | None = None) -> Tensor:
+        """(B, L) ids -> (B, E) unnormalised. ``lang`` is accepted for the acquisition model's interface: the
+        native model reads every language with its own embedding (the "no acquisition" baseline)."""
         return self.text(input_ids)
 
     def encode_image(self, *inputs: Tensor) -> Tensor:

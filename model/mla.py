@@ -98,8 +98,16 @@ class LanguageAcquisition(nn.Module):
         moves every other language slightly, as in MLA's Table 8; False keeps them bitwise unchanged)."""
         self._new_acquirers(lang)
         self.cfg.languages.append(lang)
+        self.set_trainable([lang], train_embedding)
+
+    def set_trainable(self, langs: list[str], train_embedding: bool) -> None:
+        """Only the acquirers of ``langs`` (and θ_emb when ``train_embedding``) require grad; the native model
+        never does. The optimizer is built from what requires grad, so nothing else can move."""
+        unknown = sorted(set(langs) - set(self.acquirers))
+        if unknown:
+            raise KeyError(f"languages {unknown} have no acquirers (known: {sorted(self.acquirers)})")
         for name, module in self.acquirers.items():
-            module.requires_grad_(name == lang)
+            module.requires_grad_(name in langs)
         self.multilingual_embedding.requires_grad_(train_embedding)
         self.multilingual_embedding_linear.requires_grad_(train_embedding)
 

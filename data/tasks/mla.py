@@ -1,0 +1,104 @@
+"""Dual-encoder training tasks (the trainer's TrainTask protocol, docs/ARCHITECTURE.md): native contrastive
+training of the English dual encoder, and MLA's two stages, NLT and LE, one task PER LANGUAGE so that the
+trainer's uniform draw gives monolingual batches with the language drawn uniformly (MLA's MetaLoader).
+
+* ``native_<lang>``: symmetric InfoNCE with the model's learned ``logit_scale``; everything trains.
+* ``nlt_<lang>``: MSE between the acquisition encoder on X and the frozen English features of the parallel
+  sentence (unnormalised, teacher under ``no_grad``). Validation: the same MSE on the val pairs.
+* ``le_<lang>``: InfoNCE of X captions against the frozen image features, temperature FIXED (not learned);
+  one caption per image per batch. Validation (``le_`` and ``native_``): AR on the val captions.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from data.mla_data import EpochBatches, ImageCaptions, ParallelText, item_rngs
+from data.tasks.base import move_to
+from model.clip import clip_contrastive_loss
+from model.mla import le_loss, nlt_loss
+
+
+@dataclass
+class DualTaskOptions:
+    """What every dual-encoder task shares: batch size (examples per rank), seed, ranks, device."""
+
+    batch_size: int
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    device: str | torch.device = "cpu"
+    max_len: int = 77
+
+
+class NLTTask:
+    """Native Language Transfer for one language (see module docstring)."""
+
+    def __init__(self, lang: str, train: ParallelText, opts: DualTaskOptions, val: ParallelText | None = None,
+                 native_lang: str = "en", weight: float = 1.0):
+        self.name, self.weight, self.lang, self.native_lang = f"nlt_{lang}", float(weight), lang, native_lang
+        self.train, self.val, self.opts = train, val, opts
+        self.order = EpochBatches(len(train), opts.batch_size, opts.seed, opts.rank, opts.world_size)
+
+    def train_batches(self, start_batch: int = 0) -> Iterator[dict]:
+        for _, idx in self.order.batches(start_batch):
+            yield move_to(self.train.batch(idx), self.opts.device)
+
+    def _loss(self, model, batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            teacher = model.encode_text(batch["native_ids"], self.native_lang)      # (B, E)
+        return nlt_loss(model.encode_text(batch["input_ids"], self.lang).float(), teacher.float())
+
+    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        return self._loss(model, batch), {}
+
+    @torch.no_grad()
+    def validate(self, model) -> dict[str, float]:
+        """Mean MSE over all val pairs (every rank computes the same full set)."""
+        if self.val is None:
+            return {}
+        total, n = 0.0, len(self.val)
+        for start in range(0, n, 256):
+            idx = list(range(start, min(n, start + 256)))
+            total += float(self._loss(model, move_to(self.val.batch(idx), self.opts.device))) * len(idx)
+        return {"mse": total / n}
+
+
+class ContrastiveTask:
+    """Image-caption InfoNCE for one language; ``fixed_temperature`` None = the model's learned scale (native
+    training), a number = MLA's LE with the image tower frozen. ``val_set``: a RetrievalSet for AR."""
+
+    def __init__(self, name: str, lang: str, train: ImageCaptions, opts: DualTaskOptions,
+                 fixed_temperature: float | None, val_set=None, weight: float = 1.0):
+        self.name, self.weight, self.lang = name, float(weight), lang
+        self.train, self.opts, self.val_set = train, opts, val_set
+        self.fixed_temperature = fixed_temperature
+        self.order = EpochBatches(len(train), opts.batch_size, opts.seed, opts.rank, opts.world_size)
+
+    def train_batches(self, start_batch: int = 0) -> Iterator[dict]:
+        for epoch, idx in self.order.batches(start_batch):
+            yield move_to(self.train.batch(idx, item_rngs(self.opts.seed, epoch, idx)), self.opts.device)
+
+    def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        image_inputs = (batch["img_feat"], batch["img_pos_feat"], batch["img_mask"])
+        text = model.encode_text(batch["input_ids"], self.lang).float()            # (B, E)
+        if self.fixed_temperature is None:
+            image = model.encode_image(*image_inputs).float()
+            scale = model.logit_scale.exp().clamp(max=100.0)  # CLIP's cap on 1/τ
+            return clip_contrastive_loss(image, text, scale), {"logit_scale": float(scale.detach())}
+        with torch.no_grad():
+            image = model.encode_image(*image_inputs).float()
+        return le_loss(image, text, self.fixed_temperature), {}
+
+    @torch.no_grad()
+    def validate(self, model) -> dict[str, float]:
+        """Recall@K and AR on the val captions (the project's retrieval metrics)."""
+        if self.val_set is None:
+            return {}
+        from utils.dual_eval import dual_scores
+        from utils.retrieval_metrics import retrieval_recalls
+
+        return retrieval_recalls(dual_scores(model, self.val_set, self.lang, self.opts.max_len),
+                                 self.val_set.txt2img)

@@ -1,0 +1,79 @@
+"""Retrieval with a dual encoder through the project's one evaluation path.
+
+A dual encoder scores a test set as a cosine matrix (n_txt, n_img) in one pass per side; everything after
+the scores is the cross-encoder's code: :func:`utils.itm_eval.set_metrics` (the same Recall@K / AR, standard
+"any correct caption" image->text ranking), the same score files and the same tables with the same
+per-language mean (:func:`utils.itm_eval.write_results`). So MLA's AR sits beside UC2's row for row.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.collate import pad_regions, pad_sequences
+from data.mla_data import text_tensor, wrap_ids
+from utils import distributed as du
+from utils.itm_eval import CLS_ID, SEP_ID, RetrievalSet, read_fold_file, save_scores, set_metrics
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(iter(model.parameters())).device
+
+
+@torch.no_grad()
+def text_features(model, dataset: RetrievalSet, lang: str, max_len: int, batch: int = 256) -> torch.Tensor:
+    """(n_txt, E) L2-normalised features of every caption (``<s> ids </s>``, EOS kept within ``max_len``)."""
+    rows = [wrap_ids(t.tolist(), CLS_ID, SEP_ID, max_len) for t in dataset.txt_tokens]
+    out = []
+    for i in range(0, len(rows), batch):
+        ids = text_tensor(rows[i:i + batch]).to(_device(model))
+        out.append(model.encode_text(ids, lang).float())
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+@torch.no_grad()
+def image_features(model, dataset: RetrievalSet, batch: int = 256) -> torch.Tensor:
+    """(n_img, E) L2-normalised features of every image (regions padded per batch, masked)."""
+    out = []
+    for i in range(0, len(dataset.img_fnames), batch):
+        arrays = [dataset.load_image(f) for f in dataset.img_fnames[i:i + batch]]
+        feat = pad_regions([torch.from_numpy(a) for a, _ in arrays])
+        pos = pad_regions([torch.from_numpy(p) for _, p in arrays])
+        mask = pad_sequences([torch.ones(len(a), dtype=torch.bool) for a, _ in arrays], pad=False)
+        dev = _device(model)
+        out.append(model.encode_image(feat.to(dev), pos.to(dev), mask.to(dev)).float())
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+def dual_scores(model, dataset: RetrievalSet, lang: str, max_len: int) -> np.ndarray:
+    """(n_txt, n_img) float32 cosine similarities; the model is put in eval mode for the pass."""
+    was_training = model.training
+    model.eval()
+    try:
+        scores = text_features(model, dataset, lang, max_len) @ image_features(model, dataset).t()
+    finally:
+        model.train(was_training)
+    return scores.cpu().numpy()
+
+
+def evaluate_dual_sets(model, specs: Sequence[Any], setting: str, open_set: Callable[[Any], RetrievalSet],
+                       max_len: int, out_dir: Path | None = None, save: bool = True) -> list[dict[str, Any]]:
+    """Like :func:`utils.itm_eval.evaluate_sets`, with dual-encoder scores; each spec's ``lang`` routes the text.
+
+    Returns ``[{"setting", "dataset", "lang", "name", "metrics"}, ...]`` for :func:`utils.itm_eval.write_results`.
+    """
+    results = []
+    for spec in specs:
+        dataset = open_set(spec)
+        scores = dual_scores(model, dataset, spec.lang, max_len)
+        if save and out_dir is not None and du.is_main():
+            save_scores(Path(out_dir) / f"scores_{spec.name}.npz", scores, dataset)
+        folds = read_fold_file(spec.fold_file, dataset) if getattr(spec, "fold_file", "") else None
+        results.append({"setting": setting, "dataset": spec.dataset, "lang": spec.lang, "name": spec.name,
+                        "metrics": set_metrics(scores, dataset, spec.coco_folds, folds)})
+    return results

@@ -13,10 +13,12 @@ next stage reads), and the test table (``results/results.md``) through the proje
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Sequence
 
 
-def main(argv: list[str] | None = None) -> str:
-    """Train one stage and evaluate it; returns the results Markdown ('' without test sets)."""
+def main(argv: list[str] | None = None, callbacks: Sequence[Callable] = ()) -> str:
+    """Train one stage and evaluate it; returns the results Markdown ('' without test sets).
+    ``callbacks`` go to the trainer (``cb(trainer)`` after every optimizer step)."""
     import torch
 
     from utils import distributed as du
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> str:
             model = build_acquisition(cfg, native)
             model_config = {"native": native.cfg.to_dict(), "acquisition": model.cfg.to_dict()}
             temperature = le_temperature(cfg, native)
-        trainer = Trainer(model, build_tasks(cfg, device, temperature), cfg, device=device, model_config=model_config)
+        trainer = Trainer(model, build_tasks(cfg, device, temperature), cfg, device=device, model_config=model_config,
+                          callbacks=callbacks)
         trainer.train()
         final = trainer.model.state_dict() if cfg.stage == "native" else trainer.model.trainable_state_dict()
         if du.is_main():

@@ -35,7 +35,9 @@ def _db_name(txt_db) -> str:
 
 
 class ParallelText:
-    """English-X sentence pairs from a paired txt_db (``input_ids_lang1/2``, ``lang1``/``lang2`` per example).
+    """English-X sentence pairs from a paired txt_db (``input_ids_lang1/2``, ``lang1``/``lang2`` per example;
+    prepro.py ``paired`` or ``parallel``). ``native_ids``, when stored, are the English side in the native
+    model's own tokenizer and are used as they are.
 
     Attributes: ``native`` and ``foreign``: lists of wrapped id lists, aligned by index.
     """
@@ -49,7 +51,10 @@ class ParallelText:
             if pair != (native_lang, lang) or "input_ids_lang2" not in ex:
                 raise DataError(f"{_db_name(txt_db)}, example {key!r}: expected a {native_lang}-{lang} pair "
                                 f"(input_ids_lang1/2, lang1/lang2), got languages {pair}")
-            self.native.append(wrap_ids(ex["input_ids_lang1"], meta["CLS"], meta["SEP"], max_len))
+            if "native_ids" in ex:  # the native model's own tokenizer (CLIP BPE), specials included
+                self.native.append(list(ex["native_ids"]))
+            else:
+                self.native.append(wrap_ids(ex["input_ids_lang1"], meta["CLS"], meta["SEP"], max_len))
             self.foreign.append(wrap_ids(ex["input_ids_lang2"], meta["CLS"], meta["SEP"], max_len))
         if not self.native:
             raise DataError(f"{_db_name(txt_db)}: no sentence pair")

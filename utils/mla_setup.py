@@ -52,11 +52,15 @@ def load_native(cfg: DualRunConfig) -> DualEncoder:
 
 
 def new_native(cfg: DualRunConfig, feat_dim: int) -> DualEncoder:
-    """A freshly initialised native dual encoder (stage 'native'); the region width comes from the data."""
+    """A freshly initialised native dual encoder (stage 'native'); the region width comes from the data and
+    the vocabulary from the tokenizer in ``tokenizer`` (when set), as for UC2's models."""
     if not cfg.native.config:
         raise ConfigError("native.config: stage 'native' needs the architecture (a DualEncoderConfig JSON)")
     mcfg = DualEncoderConfig.from_dict(_read_json(cfg.native.config, "native.config"))
     mcfg.vision.feat_dim = feat_dim
+    if cfg.tokenizer:
+        from data.tokenizer import load_tokenizer
+        mcfg.text.vocab_size = load_tokenizer(cfg.tokenizer).vocab_size
     torch.manual_seed(cfg.seed)
     return DualEncoder(mcfg)
 

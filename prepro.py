@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--native_tokenizer", type=Path,
                      help="local HF tokenizer folder of the native model (e.g. CLIP's BPE) for the English side")
     par.add_argument("--overwrite", action="store_true", help="replace an existing output database")
+    par.add_argument("--summary_json", type=Path, help="also write the summary as JSON to this file")
     return parser
 
 
@@ -81,14 +82,14 @@ def _native_tokenizer(folder: Path | None):
 
 def run(args: argparse.Namespace) -> dict:
     """Dispatch to the library builder chosen by ``args.command``; returns its summary."""
-    common = dict(img_db=args.img_db, drop_unknown_images=args.drop_unknown_images, drop_empty=args.drop_empty,
-                  max_txt_len=args.max_txt_len, overwrite=args.overwrite, progress=not args.no_progress)
-    if args.command == "captions":
-        return build_caption_dbs(args.input, args.output, args.tokenizer, args.split or args.input.stem, **common)
     if args.command == "parallel":
         from data.mla_prepro import build_parallel_db_from_tsv
         return build_parallel_db_from_tsv(args.input, args.output, args.tokenizer, args.lang2, args.lang1,
                                           _native_tokenizer(args.native_tokenizer), args.overwrite)
+    common = dict(img_db=args.img_db, drop_unknown_images=args.drop_unknown_images, drop_empty=args.drop_empty,
+                  max_txt_len=args.max_txt_len, overwrite=args.overwrite, progress=not args.no_progress)
+    if args.command == "captions":
+        return build_caption_dbs(args.input, args.output, args.tokenizer, args.split or args.input.stem, **common)
     if args.command == "vqa":
         return build_vqa_db(args.input, args.output, args.tokenizer, ans2label=args.ans2label,
                             top_k=args.num_answers, **common)

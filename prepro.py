@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from data.errors import DataError
+from utils.errors import DataError
 from data.prepro import (DEFAULT_MAX_TXT_LEN, DEFAULT_NUM_ANSWERS, build_caption_dbs, build_paired_db,
                          build_vqa_db, format_summary)
 from data.tokenizer import DEFAULT_NO_SPACE_LANGS

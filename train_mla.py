@@ -22,12 +22,15 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Callable] = ()) -> s
     import torch
 
     from utils import distributed as du
-    from utils.checkpoint import atomic_torch_save
+    from utils.atomic import atomic_torch_save
     from utils.config import parse_args_and_config
-    from utils.mla_config import DualRunConfig
-    from utils.mla_setup import build_acquisition, build_tasks, le_temperature, load_native, new_native, test_evaluation
-    from utils.setup import pick_device, start_run
-    from utils.trainer import Trainer
+    from training.mla_config import DualRunConfig
+    from evaluation.dual_eval import evaluate_run
+    from tasks.mla import build_mla_tasks
+    from training.mla_setup import build_acquisition, le_temperature, load_native, new_native
+    from training.setup import start_run
+    from training.trainer import Trainer
+    from utils.device import pick_device
 
     cfg = parse_args_and_config(DualRunConfig, argv)
     start_run(cfg)
@@ -42,13 +45,13 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Callable] = ()) -> s
             model = build_acquisition(cfg, native)
             model_config = {"native": native.cfg.to_dict(), "acquisition": model.cfg.to_dict()}
             temperature = le_temperature(cfg, native)
-        trainer = Trainer(model, build_tasks(cfg, device, temperature), cfg, device=device, model_config=model_config,
+        trainer = Trainer(model, build_mla_tasks(cfg, device, temperature), cfg, device=device, model_config=model_config,
                           callbacks=callbacks)
         trainer.train()
         final = trainer.model.state_dict() if cfg.stage == "native" else trainer.model.trainable_state_dict()
         if du.is_main():
             atomic_torch_save(final, Path(cfg.output_dir) / "model_final.pt")
-        table = test_evaluation(cfg, trainer.model) if cfg.test_datasets else ""
+        table = evaluate_run(cfg, trainer.model) if cfg.test_datasets else ""
         if table and du.is_main():
             print(table, flush=True)
         return table
@@ -57,6 +60,6 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Callable] = ()) -> s
 
 
 if __name__ == "__main__":
-    from utils.setup import run_cli
+    from training.setup import run_cli
 
     run_cli(main)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from data.collate import PAD_ID, box_pos_feat, pad_regions, pad_sequences
-from data.errors import DataError
+from utils.errors import DataError
 
 
 def wrap_ids(ids: Sequence[int], cls_id: int, sep_id: int, max_len: int) -> list[int]:

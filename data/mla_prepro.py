@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from data.errors import DataError
+from utils.errors import DataError
 from data.prepro import DEFAULT_MAX_TXT_LEN, _as_tokenizer, _check_written, _Stats, make_meta
 from data.txt_db import TxtDbWriter
 

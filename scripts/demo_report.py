@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 #: run folder -> setting name in the report (pretrained first, then the baselines)
 RETRIEVAL_RUNS = {
@@ -55,7 +52,7 @@ def chance_rows(demo_dir: Path, seeds: int = 20, runs: Sequence[str] = tuple(RET
     caption-to-image map (from a run's saved ``scores_*.npz``), i.e. chance level for these test sets."""
     import numpy as np
 
-    from utils.retrieval_metrics import retrieval_recalls
+    from evaluation.retrieval_metrics import retrieval_recalls
 
     rows = []
     for run in runs:
@@ -93,7 +90,7 @@ def plot_links(demo_dir: Path, out: Path) -> list[str]:
 
 
 def render(retrieval: list[dict], vqa: list[dict], times: dict[str, float], plots: list[str]) -> str:
-    from utils.results_table import demo_markdown, detail_markdown, vqa_markdown
+    from evaluation.results_table import demo_markdown, detail_markdown, vqa_markdown
 
     parts = ["# UC2 demo report", "",
              "Generated corpus (see data/demo/README.md); tiny model on CPU. The 'random scores' row "
@@ -113,7 +110,7 @@ def render(retrieval: list[dict], vqa: list[dict], times: dict[str, float], plot
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    from utils.checkpoint import atomic_write_json
+    from utils.atomic import atomic_write_json, atomic_write_text
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--demo_dir", type=Path, required=True)
@@ -125,15 +122,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     times = _read_json(args.times) if args.times and args.times.is_file() else {}
     args.out.mkdir(parents=True, exist_ok=True)
     text = render(retrieval, vqa, times, plot_links(args.demo_dir, args.out))
-    tmp = args.out / "report.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(args.out / "report.md")
+    atomic_write_text(args.out / "report.md", text)
     atomic_write_json({"retrieval": retrieval, "vqa": vqa, "stage_seconds": times}, args.out / "report.json")
     print(text)
     return text
 
 
 if __name__ == "__main__":
-    from utils.setup import run_cli
+    from training.setup import run_cli
 
     run_cli(main)

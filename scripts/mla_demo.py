@@ -179,12 +179,12 @@ def mla_results(mla_dir: Path) -> list[dict]:
 
 
 def render(rows: list[dict], found: dict[str, Any], times: dict[str, float]) -> str:
-    from utils.results_table import demo_markdown
+    from evaluation.results_table import demo_markdown
 
     ok = lambda d: all(v["bitwise_equal"] for v in d.values())  # noqa: E731
     drift = max(v["max_abs_diff"] for v in found["after_adding_zh_embedding_trained"].values())
     lines = ["# MLA demo: language acquirers on a frozen English dual encoder", "",
-             "Same test splits, same AR code and table as UC2's rows (utils.retrieval_metrics / results_table).",
+             "Same test splits, same AR code and table as UC2's rows (evaluation.retrieval_metrics / results_table).",
              "", demo_markdown(rows, "demo"), "", "## Checks (bitwise)", "",
              f"- English test scores of every MLA run equal the native model's: "
              f"{ok(found['english_scores_equal_native'])}",
@@ -203,7 +203,7 @@ def render(rows: list[dict], found: dict[str, Any], times: dict[str, float]) -> 
 def report(demo_dir: Path, out: Path, times: dict[str, float]) -> str:
     """Write ``out/mla_report.md`` and ``.json`` (MLA rows, UC2's demo rows when present, chance)."""
     from scripts.demo_report import chance_rows, retrieval_results
-    from utils.checkpoint import atomic_write_json
+    from utils.atomic import atomic_write_json
 
     mla_dir = demo_dir / "mla"
     rows = mla_results(mla_dir) + retrieval_results(demo_dir)
@@ -237,6 +237,6 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    from utils.setup import run_cli
+    from training.setup import run_cli
 
     run_cli(main)

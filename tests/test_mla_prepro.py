@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 import prepro as prepro_cli
-from data.errors import DataError
+from utils.errors import DataError
 from data.mla_data import ParallelText
 from data.mla_prepro import build_parallel_db_from_tsv
 from data.tokenizer import load_tokenizer

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import DataError
+from utils.errors import DataError
 from data.mla_data import EpochBatches, ImageCaptions, ParallelText, item_rngs
 from model.weights import read_state_file
 from utils.config import ConfigError
@@ -138,7 +138,7 @@ def test_one_caption_per_image_per_batch(demo):
 def test_bad_inputs_are_named(demo):
     from data.txt_db import TxtDb
     from utils.config import load_config
-    from utils.mla_config import DualRunConfig
+    from training.mla_config import DualRunConfig
 
     paired = TxtDb(demo / "data/txt_db/paired_en-de_train.db", max_txt_len=None)
     with pytest.raises(DataError, match="paired_en-de_train.db.*expected a en-fr pair"):

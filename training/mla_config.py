@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from utils.config import ConfigError, field
-from utils.itm_config import RetrievalSetSpec
-from utils.run_config import TrainConfig
+from training.itm_config import RetrievalSetSpec
+from training.run_config import TrainConfig
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Retrieval with a dual encoder through the project's one evaluation path.
 
 A dual encoder scores a test set as a cosine matrix (n_txt, n_img) in one pass per side; everything after
-the scores is the cross-encoder's code: :func:`utils.itm_eval.set_metrics` (the same Recall@K / AR, standard
+the scores is the cross-encoder's code: :func:`evaluation.itm_eval.set_metrics` (the same Recall@K / AR, standard
 "any correct caption" image->text ranking), the same score files and the same tables with the same
-per-language mean (:func:`utils.itm_eval.write_results`). So MLA's AR sits beside UC2's row for row.
+per-language mean (:func:`evaluation.itm_eval.write_results`). So MLA's AR sits beside UC2's row for row.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from data.collate import pad_regions, pad_sequences
 from data.mla_data import text_tensor, wrap_ids
 from utils import distributed as du
-from utils.itm_eval import CLS_ID, SEP_ID, RetrievalSet, read_fold_file, save_scores, set_metrics
+from evaluation.itm_eval import CLS_ID, SEP_ID, RetrievalSet, read_fold_file, save_scores, set_metrics
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -63,9 +63,9 @@ def dual_scores(model, dataset: RetrievalSet, lang: str, max_len: int) -> np.nda
 
 def evaluate_dual_sets(model, specs: Sequence[Any], setting: str, open_set: Callable[[Any], RetrievalSet],
                        max_len: int, out_dir: Path | None = None, save: bool = True) -> list[dict[str, Any]]:
-    """Like :func:`utils.itm_eval.evaluate_sets`, with dual-encoder scores; each spec's ``lang`` routes the text.
+    """Like :func:`evaluation.itm_eval.evaluate_sets`, with dual-encoder scores; each spec's ``lang`` routes the text.
 
-    Returns ``[{"setting", "dataset", "lang", "name", "metrics"}, ...]`` for :func:`utils.itm_eval.write_results`.
+    Returns ``[{"setting", "dataset", "lang", "name", "metrics"}, ...]`` for :func:`evaluation.itm_eval.write_results`.
     """
     results = []
     for spec in specs:
@@ -77,3 +77,15 @@ def evaluate_dual_sets(model, specs: Sequence[Any], setting: str, open_set: Call
         results.append({"setting": setting, "dataset": spec.dataset, "lang": spec.lang, "name": spec.name,
                         "metrics": set_metrics(scores, dataset, spec.coco_folds, folds)})
     return results
+
+
+def evaluate_run(cfg, model) -> str:
+    """Evaluate ``model`` on a run config's ``test_datasets`` (``setting``, ``results_dir``/``output_dir``,
+    box rule, ``max_txt_len``) with the project's metrics and tables; returns the Markdown."""
+    from evaluation.itm_eval import open_retrieval_set, write_results
+
+    rule = {k: getattr(cfg, k) for k in ("conf_th", "max_bb", "min_bb", "num_bb")}
+    out_dir = Path(cfg.results_dir or Path(cfg.output_dir) / "results")
+    results = evaluate_dual_sets(model, cfg.test_datasets, cfg.setting,
+                                 lambda spec: open_retrieval_set(spec, rule), cfg.max_txt_len, out_dir)
+    return write_results(out_dir, results)

@@ -1,5 +1,5 @@
-"""Build what ``train_mla.py`` runs: the native dual encoder (new or loaded), MLA's acquisition model around
-it, the per-language tasks, and the final test evaluation through the project's one table code."""
+"""Build the models ``train_mla.py`` trains: the native dual encoder (new or loaded) and MLA's acquisition
+model around it (the tasks are built by :func:`tasks.mla.build_mla_tasks`)."""
 from __future__ import annotations
 
 import json
@@ -8,23 +8,13 @@ from pathlib import Path
 
 import torch
 
-from data.errors import DataError
-from data.mla_data import ImageCaptions, ParallelText
-from data.tasks.mla import ContrastiveTask, DualTaskOptions, NLTTask
+from utils.errors import DataError
 from model.clip import DualEncoder, DualEncoderConfig
 from model.mla import LanguageAcquisition, MLAConfig
-from utils import distributed as du
 from utils.config import ConfigError
-from utils.mla_config import DualRunConfig
+from training.mla_config import DualRunConfig
 
 LOG = logging.getLogger("train_mla")
-IMG_RULE_KEYS = ("conf_th", "max_bb", "min_bb", "num_bb")
-
-
-def img_rule(cfg) -> dict:
-    return {k: getattr(cfg, k) for k in IMG_RULE_KEYS}
-
-
 def _read_json(path: str, what: str) -> dict:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -126,41 +116,3 @@ def _earlier_languages(path: str) -> list[str]:
 def le_temperature(cfg: DualRunConfig, native: DualEncoder) -> float:
     """LE's fixed temperature: the configured one, or (<= 0) the native model's learned one, frozen."""
     return cfg.le_temperature if cfg.le_temperature > 0 else float(1.0 / native.logit_scale.detach().exp())
-
-
-def build_tasks(cfg: DualRunConfig, device: torch.device, temperature: float | None = None) -> list:
-    """One task per (objective, language); languages drawn uniformly (equal weights). ``temperature``: LE's
-    fixed temperature (:func:`le_temperature`); unused by stage 'native', whose temperature is learned."""
-    from data.img_db import ImgDb
-    from data.txt_db import TxtDb
-    from utils.itm_eval import load_retrieval_set
-
-    rule = img_rule(cfg)
-    img_db = ImgDb(cfg.img_db, **rule)
-    opts = DualTaskOptions(cfg.batch_size, cfg.seed, du.get_rank(), du.get_world_size(), device, cfg.max_txt_len)
-    db = lambda path: TxtDb(path, max_txt_len=None)  # noqa: E731 - truncation keeps </s> (data.mla_data)
-    tasks: list = []
-    for data in cfg.languages:
-        if cfg.stage in ("nlt", "nlt+le"):
-            val = ParallelText(db(data.val_paired_db), cfg.native_lang, data.lang, cfg.max_txt_len) \
-                if data.val_paired_db else None
-            tasks.append(NLTTask(data.lang, ParallelText(db(data.paired_db), cfg.native_lang, data.lang,
-                                                         cfg.max_txt_len), opts, val, cfg.native_lang))
-        if cfg.stage in ("native", "le", "nlt+le"):
-            val_set = load_retrieval_set(f"{data.lang}_val", db(data.val_caption_db), img_db) \
-                if data.val_caption_db else None
-            name = f"{'native' if cfg.stage == 'native' else 'le'}_{data.lang}"
-            tasks.append(ContrastiveTask(name, data.lang, ImageCaptions(db(data.caption_db), img_db, cfg.max_txt_len),
-                                         opts, None if cfg.stage == "native" else temperature, val_set))
-    return tasks
-
-
-def test_evaluation(cfg: DualRunConfig, model) -> str:
-    """Evaluate ``model`` on ``test_datasets`` with the project's metrics and tables; returns the Markdown."""
-    from utils.dual_eval import evaluate_dual_sets
-    from utils.itm_eval import open_retrieval_set, write_results
-
-    out_dir = Path(cfg.results_dir or Path(cfg.output_dir) / "results")
-    results = evaluate_dual_sets(model, cfg.test_datasets, cfg.setting,
-                                 lambda spec: open_retrieval_set(spec, img_rule(cfg)), cfg.max_txt_len, out_dir)
-    return write_results(out_dir, results)

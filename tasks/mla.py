@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from data.mla_data import EpochBatches, ImageCaptions, ParallelText, item_rngs
-from data.tasks.base import move_to
+from utils.device import move_to_device
 from model.clip import clip_contrastive_loss
 from model.mla import le_loss, nlt_loss
 
@@ -44,7 +44,7 @@ class NLTTask:
 
     def train_batches(self, start_batch: int = 0) -> Iterator[dict]:
         for _, idx in self.order.batches(start_batch):
-            yield move_to(self.train.batch(idx), self.opts.device)
+            yield move_to_device(self.train.batch(idx), self.opts.device)
 
     def _loss(self, model, batch: dict) -> torch.Tensor:
         with torch.no_grad():
@@ -62,7 +62,7 @@ class NLTTask:
         total, n = 0.0, len(self.val)
         for start in range(0, n, 256):
             idx = list(range(start, min(n, start + 256)))
-            total += float(self._loss(model, move_to(self.val.batch(idx), self.opts.device))) * len(idx)
+            total += float(self._loss(model, move_to_device(self.val.batch(idx), self.opts.device))) * len(idx)
         return {"mse": total / n}
 
 
@@ -79,7 +79,7 @@ class ContrastiveTask:
 
     def train_batches(self, start_batch: int = 0) -> Iterator[dict]:
         for epoch, idx in self.order.batches(start_batch):
-            yield move_to(self.train.batch(idx, item_rngs(self.opts.seed, epoch, idx)), self.opts.device)
+            yield move_to_device(self.train.batch(idx, item_rngs(self.opts.seed, epoch, idx)), self.opts.device)
 
     def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         image_inputs = (batch["img_feat"], batch["img_pos_feat"], batch["img_mask"])
@@ -97,8 +97,37 @@ class ContrastiveTask:
         """Recall@K and AR on the val captions (the project's retrieval metrics)."""
         if self.val_set is None:
             return {}
-        from utils.dual_eval import dual_scores
-        from utils.retrieval_metrics import retrieval_recalls
+        from evaluation.dual_eval import dual_scores
+        from evaluation.retrieval_metrics import retrieval_recalls
 
         return retrieval_recalls(dual_scores(model, self.val_set, self.lang, self.opts.max_len),
                                  self.val_set.txt2img)
+
+
+def build_mla_tasks(cfg, device: torch.device, temperature: float | None = None) -> list:
+    """The tasks of a ``training.mla_config.DualRunConfig``: one per (objective, language), equal weights, so
+    languages are drawn uniformly. ``temperature``: LE's fixed temperature (``training.mla_setup.le_temperature``);
+    unused by stage 'native', whose temperature is learned."""
+    from data.img_db import ImgDb
+    from data.txt_db import TxtDb
+    from evaluation.itm_eval import load_retrieval_set
+    from utils import distributed as du
+
+    rule = {k: getattr(cfg, k) for k in ("conf_th", "max_bb", "min_bb", "num_bb")}
+    img_db = ImgDb(cfg.img_db, **rule)
+    opts = DualTaskOptions(cfg.batch_size, cfg.seed, du.get_rank(), du.get_world_size(), device, cfg.max_txt_len)
+    db = lambda path: TxtDb(path, max_txt_len=None)  # noqa: E731 - truncation keeps </s> (data.mla_data)
+    tasks: list = []
+    for data in cfg.languages:
+        if cfg.stage in ("nlt", "nlt+le"):
+            val = ParallelText(db(data.val_paired_db), cfg.native_lang, data.lang, cfg.max_txt_len) \
+                if data.val_paired_db else None
+            tasks.append(NLTTask(data.lang, ParallelText(db(data.paired_db), cfg.native_lang, data.lang,
+                                                         cfg.max_txt_len), opts, val, cfg.native_lang))
+        if cfg.stage in ("native", "le", "nlt+le"):
+            val_set = load_retrieval_set(f"{data.lang}_val", db(data.val_caption_db), img_db) \
+                if data.val_caption_db else None
+            name = f"{'native' if cfg.stage == 'native' else 'le'}_{data.lang}"
+            tasks.append(ContrastiveTask(name, data.lang, ImageCaptions(db(data.caption_db), img_db, cfg.max_txt_len),
+                                         opts, None if cfg.stage == "native" else temperature, val_set))
+    return tasks

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 from data.collate import pad_regions, pad_sequences
 from data.mla_data import text_tensor, wrap_ids
-from utils import distributed as du
-from evaluation.itm_eval import CLS_ID, SEP_ID, RetrievalSet, read_fold_file, save_scores, set_metrics
+from evaluation.itm_eval import CLS_ID, SEP_ID, RetrievalSet, measure_sets
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -67,16 +66,8 @@ def evaluate_dual_sets(model, specs: Sequence[Any], setting: str, open_set: Call
 
     Returns ``[{"setting", "dataset", "lang", "name", "metrics"}, ...]`` for :func:`evaluation.itm_eval.write_results`.
     """
-    results = []
-    for spec in specs:
-        dataset = open_set(spec)
-        scores = dual_scores(model, dataset, spec.lang, max_len)
-        if save and out_dir is not None and du.is_main():
-            save_scores(Path(out_dir) / f"scores_{spec.name}.npz", scores, dataset)
-        folds = read_fold_file(spec.fold_file, dataset) if getattr(spec, "fold_file", "") else None
-        results.append({"setting": setting, "dataset": spec.dataset, "lang": spec.lang, "name": spec.name,
-                        "metrics": set_metrics(scores, dataset, spec.coco_folds, folds)})
-    return results
+    return measure_sets(specs, setting, open_set, lambda spec, dataset: dual_scores(model, dataset, spec.lang, max_len),
+                        out_dir, save)
 
 
 def evaluate_run(cfg, model) -> str:

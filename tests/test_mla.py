@@ -176,3 +176,20 @@ def test_parameter_counts_with_mbert_sizes():
     per_lang = sum(p.numel() for p in model.acquirers["de"].parameters())
     text = sum(p.numel() for p in native.text.parameters())
     assert (emb, per_lang, text) == (92_205_824, 3_154_944, 63_428_096)
+
+
+def test_grouped_image_to_text_ranking_invariants():
+    """MLA_FACTS §5.9: grouped R@1 = standard R@1; grouped R@5/10 >= standard; equal with one caption per image."""
+    import numpy as np
+
+    from evaluation.retrieval_metrics import retrieval_recalls
+
+    rng = np.random.default_rng(0)
+    t5 = np.repeat(np.arange(40), 5)
+    scores = rng.normal(size=(200, 40)) + 1.0 * (t5[:, None] == np.arange(40))
+    std, grp = retrieval_recalls(scores, t5), retrieval_recalls(scores, t5, img2txt="grouped")
+    assert grp["img_r1"] == std["img_r1"] and grp["txt_r5"] == std["txt_r5"]
+    assert grp["img_r5"] >= std["img_r5"] and grp["img_r10"] >= std["img_r10"]
+    assert grp["img_r5"] > std["img_r5"]  # the case is not degenerate: the two rankings do differ
+    one = rng.normal(size=(40, 40))
+    assert retrieval_recalls(one, np.arange(40)) == retrieval_recalls(one, np.arange(40), img2txt="grouped")

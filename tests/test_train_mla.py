@@ -146,3 +146,14 @@ def test_bad_inputs_are_named(demo):
     path = _config(demo, "nlt", "bad", 2)
     with pytest.raises(ConfigError, match="en is the frozen native language"):
         load_config(DualRunConfig, path, {"languages": json.dumps([{"lang": "en", "paired_db": "x"}])})
+
+
+def test_bf16_autocast_run_keeps_english_bitwise(stages):
+    """AMP path of the shared trainer (bf16 autocast on CPU): the run trains and English stays the native's."""
+    import train_mla
+
+    demo = stages.parent
+    train_mla.main(["--config", _config(demo, "nlt", "mla/nlt_bf16", 3, precision="bf16")])
+    assert np.array_equal(_scores(stages / "native", "en"), _scores(stages / "nlt_bf16", "en"))
+    log = (stages / "nlt_bf16" / "log.txt").read_text(encoding="utf-8")
+    assert "loss/nlt_de=" in log and "nan" not in log.lower()

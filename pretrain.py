@@ -5,65 +5,30 @@
     torchrun --nproc_per_node 8 pretrain.py --config config/uc2_pretrain.json
     horovodrun -np 8 python pretrain.py --config config/uc2_pretrain.json
 
-The run directory (``output_dir``) receives hps.json, model.json, log.txt, tb/ and ckpt/; the final
-weights are also written as ``model_final.pt`` with the original UC2 key names.
+Same as ``train.py --task pretrain`` (the run spec is in tasks/build.py). The run directory
+(``output_dir``) receives hps.json, model.json, log.txt, tb/ and ckpt/; the final weights are also
+written as ``model_final.pt`` with the original UC2 key names.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable, Sequence
 
+import train
+
+TASK = "pretrain"
+
 
 def build_trainer(cfg, callbacks: Sequence[Callable] = ()):
-    """Join the job, build the model (initial weights included) and the tasks of ``cfg``; the
-    :class:`training.trainer.Trainer` returned has not trained yet (tests validate the step-0 model with it).
+    """The :class:`training.trainer.Trainer` of a parsed ``PretrainConfig``, not trained yet."""
+    from tasks.registry import run_spec
 
-    ``callbacks`` are passed to the trainer (called as ``cb(trainer)`` after every optimizer step).
-    """
-    from data.img_db import ImgDb
-    from tasks.build import build_pretrain_tasks
-    from data.tokenizer import load_tokenizer
-    from model.model import UC2ForPretraining
-    from utils.errors import ConfigError
-    from training.setup import init_weights, resolve_model_config, start_run
-    from utils.device import pick_device
-    from training.trainer import Trainer
-
-    if not cfg.train_datasets:
-        raise ConfigError("train_datasets: expected at least one training source")
-    info = start_run(cfg)
-    device = pick_device()
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.xlmr_dir)
-    first_img = ImgDb(cfg.train_datasets[0].img[0], cfg.conf_th, cfg.max_bb, cfg.min_bb, cfg.num_bb)
-    model_config = resolve_model_config(cfg, first_img.feat_dim, first_img.label_dim, cfg.xlmr_dir)
-    if model_config.vocab_size != tokenizer.vocab_size:
-        raise ConfigError(f"model vocab_size {model_config.vocab_size} != tokenizer {tokenizer.path} "
-                          f"vocabulary {tokenizer.vocab_size}")
-    model = UC2ForPretraining(model_config)
-    ea = cfg.early_adaptation
-    if ea is not None and ea.num_train_steps > 0 and not ea.init_from:
-        raise ConfigError("early_adaptation: train it with scripts/early_adaptation.py, then set "
-                          "early_adaptation.init_from to its output")
-    init_weights(model, cfg, cfg.xlmr_dir, partial=(ea.init_from,) if ea is not None and ea.init_from else ())
-    tasks = build_pretrain_tasks(cfg, tokenizer, info.rank, info.world_size, device)
-    return Trainer(model, tasks, cfg, device=device, model_config=model_config.to_dict(), callbacks=callbacks)
+    return train.build_trainer(run_spec(TASK), cfg, callbacks)[0]
 
 
 def main(argv: list[str] | None = None, callbacks: Sequence[Callable] = ()) -> Path:
     """Parse the command line (``argv``, default ``sys.argv[1:]``), train, write ``model_final.pt``."""
-    from model.weights import save_uc2_checkpoint
-    from utils import distributed as du
-    from utils.config import parse_args_and_config
-    from training.run_config import PretrainConfig
-
-    cfg = parse_args_and_config(PretrainConfig, argv)
-    trainer = build_trainer(cfg, callbacks)
-    trainer.train()
-    final = Path(cfg.output_dir) / "model_final.pt"
-    if du.is_main():
-        save_uc2_checkpoint(trainer.model, final)
-    du.barrier()
-    return final
+    return train.run(TASK, argv, callbacks)
 
 
 if __name__ == "__main__":

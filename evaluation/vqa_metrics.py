@@ -162,3 +162,43 @@ def majority_baseline(train_answers: Sequence[str | Sequence[str]],
         pred = np.full(len(target_labels), label, dtype=np.int64)
         out["majority_vqa_score"] = vqa_score(pred, target_labels, target_scores)["vqa_score"]
     return out
+
+
+# ------------------------------------------------------------------------------ scoring a run's predictions
+def submission(rows: Sequence[dict], label2ans: Sequence[str]) -> list[dict[str, Any]]:
+    """``[{"question_id", "answer"}]``; numeric string ids become integers (VQA v2 server format)."""
+    def qid(value: Any) -> Any:
+        return int(value) if isinstance(value, str) and value.isdigit() else value
+    return [{"question_id": qid(r["question_id"]), "answer": label2ans[r["label"]]} for r in rows]
+
+
+def score_predictions(rows: Sequence[dict], label2ans: Sequence[str], ans2label: dict[str, int], bleu: bool,
+          majority: str | None) -> dict[str, float]:
+    """Scores of the annotated questions: those with gold answer strings or a soft target (original
+    UNITER txt_dbs store only the target). The VQA score counts all of them, all-OOV ones as 0; accuracy
+    and BLEU need the answer strings. ``n_unannotated`` questions (a test split) are not scored."""
+    scored = [r for r in rows if r["answers"] or r["target_labels"]]
+    metrics: dict[str, float] = {"n_unannotated": float(len(rows) - len(scored))}
+    if not scored:
+        return metrics
+    labels, scores = [r["target_labels"] for r in scored], [r["target_scores"] for r in scored]
+    metrics.update(vqa_score([r["label"] for r in scored], labels, scores))
+    if majority is not None:
+        metrics.update(majority_baseline([majority], ans2label=ans2label, target_labels=labels, target_scores=scores))
+    with_text = [r for r in scored if r["answers"]]
+    if with_text:
+        metrics.update(string_scores([label2ans[r["label"]] for r in with_text], [r["answers"] for r in with_text],
+                                     bleu, majority))
+    return metrics
+
+
+def string_scores(preds: list[str], golds: list[list[str]], bleu: bool, majority: str | None) -> dict[str, float]:
+    """Accuracy (and character BLEU) of predicted answer strings, beside the majority answer's."""
+    out = {"accuracy": accuracy(preds, golds)["accuracy"]}
+    if majority is not None:
+        out["majority_accuracy"] = accuracy([majority] * len(golds), golds)["accuracy"]
+    if bleu:
+        out["bleu"] = bleu_char(preds, golds)["bleu"]
+        if majority is not None:
+            out["majority_bleu"] = bleu_char([majority] * len(golds), golds)["bleu"]
+    return out

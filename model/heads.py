@@ -5,6 +5,9 @@ regions, or the pooled output, so the 250k-word vocabulary never runs over a who
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,3 +117,61 @@ def vqa_head(config: UC2ModelConfig, num_answers: int) -> nn.Sequential:
     h = config.hidden_size
     return nn.Sequential(nn.Linear(h, 2 * h), nn.GELU(), nn.LayerNorm(2 * h, eps=config.encoder_eps),
                          nn.Linear(2 * h, num_answers))
+
+
+# ------------------------------------------------------------------------------------------------------
+# head factories: what a task declares for each head it trains (see docs/ARCHITECTURE.md, "Heads")
+# ------------------------------------------------------------------------------------------------------
+#: A head factory builds one head from the model config and the backbone (``roberta``, for tied weights).
+HeadFactory = Callable[[UC2ModelConfig, nn.Module], nn.Module]
+
+#: Order of the heads in the released checkpoints. Heads are created in this order (then any other head in
+#: the order declared), so a model's state-dict layout and its random initialisation do not depend on
+#: the order in which a run's tasks happen to be listed.
+HEAD_ORDER = ("cls", "itm_output", "region_classifier", "feat_regress", "rank_output", "vqa_output")
+
+
+def mlm_head(config: UC2ModelConfig, backbone: nn.Module) -> MLMHead:
+    """``cls``: the MLM head, decoder tied to the backbone's word embeddings (MLM, MRTM, VTLM)."""
+    return MLMHead(config, backbone.embeddings.word_embeddings)
+
+
+def itm_head(config: UC2ModelConfig, backbone: nn.Module) -> nn.Linear:
+    """``itm_output``: Linear(H, 2) on the pooled output (column 1 = match)."""
+    return nn.Linear(config.hidden_size, 2)
+
+
+def region_classifier_head(config: UC2ModelConfig, backbone: nn.Module) -> RegionClassifier:
+    """``region_classifier``: masked-region detector-class logits (MRC)."""
+    return RegionClassifier(config)
+
+
+def feat_regress_head(config: UC2ModelConfig, backbone: nn.Module) -> FeatRegression:
+    """``feat_regress``: masked-region feature regression, tied to ``img_embeddings.img_linear`` (MRFR)."""
+    return FeatRegression(config, backbone.img_embeddings.img_linear)
+
+
+def rank_head(config: UC2ModelConfig, backbone: nn.Module) -> nn.Linear:
+    """``rank_output``: Linear(H, 1) retrieval score on the pooled output."""
+    return nn.Linear(config.hidden_size, 1)
+
+
+def _sized_vqa_head(num_answers: int, config: UC2ModelConfig, backbone: nn.Module) -> nn.Sequential:
+    return vqa_head(config, num_answers)
+
+
+def vqa_head_factory(num_answers: int) -> HeadFactory:
+    """``vqa_output`` for an answer vocabulary of ``num_answers`` (a resource the VQA task builds).
+
+    A partial of a module-level function, not a closure: the factory travels with the task object into
+    forkserver/spawn loader workers, so it must pickle.
+    """
+    if num_answers < 1:
+        raise ValueError(f"num_answers must be >= 1, got {num_answers}")
+    return functools.partial(_sized_vqa_head, num_answers)
+
+
+#: The heads of the released UC2 pretraining checkpoint; a pretraining model always has all four.
+PRETRAIN_HEADS: dict[str, HeadFactory] = {"cls": mlm_head, "itm_output": itm_head,
+                                          "region_classifier": region_classifier_head,
+                                          "feat_regress": feat_regress_head}

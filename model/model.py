@@ -13,12 +13,15 @@ Numerics that matter for reproducing the original outputs:
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.config import UC2ModelConfig
-from model.heads import FeatRegression, MLMHead, RegionClassifier, activation, vqa_head
+from model.heads import (HEAD_ORDER, PRETRAIN_HEADS, FeatRegression, HeadFactory, MLMHead, activation, itm_head,
+                         rank_head, vqa_head_factory)
 
 
 class TextEmbeddings(nn.Module):
@@ -256,56 +259,77 @@ def gather_positions(sequence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return sequence[mask.bool()]
 
 
-class UC2ForPretraining(nn.Module):
-    """Backbone + pretraining heads: ``cls`` (MLM/MRTM/VTLM), ``itm_output``, ``region_classifier``
-    (MRC), ``feat_regress`` (MRFR). Heads take gathered hidden states (N, H)."""
+class UC2WithHeads(nn.Module):
+    """One backbone ``roberta`` plus the heads a run's tasks declared, each a child module named by its
+    checkpoint key (``cls``, ``itm_output``, ``rank_output``, ``vqa_output``, ...).
 
-    def __init__(self, config: UC2ModelConfig) -> None:
+    The heads are direct children rather than an ``nn.ModuleDict`` attribute so that the state-dict keys
+    stay those of the released checkpoints (``cls.dense.weight``, not ``heads.cls.dense.weight``);
+    :attr:`heads` gives the dict view. Heads are built in :data:`model.heads.HEAD_ORDER`, then any other
+    head in the order given, and everything is then initialised once (BERT init), so the model and its
+    random draws are the same whatever the order of the run's tasks.
+
+    Args:
+        config: the backbone shape.
+        heads: checkpoint key -> factory ``(config, backbone) -> nn.Module``.
+        fresh: heads this run trains and may start from scratch: weight loading accepts them missing
+            from a checkpoint (e.g. ``rank_output``, ``vqa_output``); any other missing key is reported.
+    """
+
+    def __init__(self, config: UC2ModelConfig, heads: Mapping[str, HeadFactory],
+                 fresh: Iterable[str] = ()) -> None:
         super().__init__()
         self.config = config
         self.roberta = UC2Model(config)
-        self.cls = MLMHead(config, self.roberta.embeddings.word_embeddings)
-        self.itm_output = nn.Linear(config.hidden_size, 2)
-        self.region_classifier = RegionClassifier(config)
-        self.feat_regress = FeatRegression(config, self.roberta.img_embeddings.img_linear)
+        ordered = [n for n in HEAD_ORDER if n in heads] + [n for n in heads if n not in HEAD_ORDER]
+        for name in ordered:
+            if name == "roberta" or not name.isidentifier():
+                raise ValueError(f"head name {name!r}: expected a Python identifier other than 'roberta'")
+            self.add_module(name, heads[name](config, self.roberta))
+        self.head_names: tuple[str, ...] = tuple(ordered)
+        self.fresh_heads: frozenset[str] = frozenset(fresh)
         init_bert_weights(self, config.initializer_range)
+
+    @property
+    def heads(self) -> dict[str, nn.Module]:
+        """Head modules by checkpoint key."""
+        return {name: getattr(self, name) for name in self.head_names}
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         """Same arguments as :meth:`UC2Model.forward` -> sequence output (B, L, H)."""
         return self.roberta(*args, **kwargs)
+
+
+class UC2ForPretraining(UC2WithHeads):
+    """Backbone + pretraining heads: ``cls`` (MLM/MRTM/VTLM), ``itm_output``, ``region_classifier``
+    (MRC), ``feat_regress`` (MRFR), as in the released checkpoint; ``extra_heads`` (declared by new
+    objectives) come after them. Heads take gathered hidden states (N, H)."""
+
+    def __init__(self, config: UC2ModelConfig, extra_heads: Mapping[str, HeadFactory] | None = None,
+                 fresh: Iterable[str] = ()) -> None:
+        super().__init__(config, {**PRETRAIN_HEADS, **(extra_heads or {})}, fresh)
 
     def itm_logits(self, sequence: torch.Tensor) -> torch.Tensor:
         """sequence (B, L, H) -> image-text match logits (B, 2) (column 1 = match)."""
         return self.itm_output(self.roberta.pooler(sequence))
 
 
-class UC2ForImageTextRetrieval(nn.Module):
+class UC2ForImageTextRetrieval(UC2WithHeads):
     """Backbone + ``itm_output`` Linear(H, 2) + ``rank_output`` Linear(H, 1) (retrieval score)."""
 
     def __init__(self, config: UC2ModelConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.roberta = UC2Model(config)
-        self.itm_output = nn.Linear(config.hidden_size, 2)
-        self.rank_output = nn.Linear(config.hidden_size, 1)
-        init_bert_weights(self, config.initializer_range)
+        super().__init__(config, {"itm_output": itm_head, "rank_output": rank_head}, fresh=("rank_output",))
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         """Same arguments as :meth:`UC2Model.forward` -> rank logits (B,); sigmoid gives the score."""
         return self.rank_output(self.roberta.pooler(self.roberta(*args, **kwargs))).squeeze(-1)
 
 
-class UC2ForVQA(nn.Module):
+class UC2ForVQA(UC2WithHeads):
     """Backbone + ``vqa_output`` (Linear(H,2H), GELU, LayerNorm(2H), Linear(2H, num_answers))."""
 
     def __init__(self, config: UC2ModelConfig, num_answers: int) -> None:
-        super().__init__()
-        if num_answers < 1:
-            raise ValueError(f"num_answers must be >= 1, got {num_answers}")
-        self.config = config
-        self.roberta = UC2Model(config)
-        self.vqa_output = vqa_head(config, num_answers)
-        init_bert_weights(self, config.initializer_range)
+        super().__init__(config, {"vqa_output": vqa_head_factory(num_answers)}, fresh=("vqa_output",))
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         """Same arguments as :meth:`UC2Model.forward` -> answer logits (B, num_answers)."""

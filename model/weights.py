@@ -11,22 +11,19 @@ run code; anything that is not a flat ``{str: Tensor}`` mapping is refused with 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from model.heads import HEAD_ORDER
 from utils.atomic import atomic_torch_save
 from utils.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-# Heads that exist only in fine-tuning models: a pretraining checkpoint is expected not to have them.
-FINETUNE_HEAD_PREFIXES = ("rank_output.", "vqa_output.")
-# Pretraining heads a fine-tuning model does not have: expected to be left over.
-PRETRAIN_HEAD_PREFIXES = ("cls.", "itm_output.", "region_classifier.", "feat_regress.")
 # Present in the released checkpoint, never used by the UC2 code.
 IGNORED_PREFIXES = ("vis_cls.",)
 
@@ -43,15 +40,18 @@ class LoadReport:
     tied_aliases: list[str] = field(default_factory=list)
     initialised: dict[str, str] = field(default_factory=dict)
 
+    fresh_heads: frozenset[str] = frozenset()
+    known_heads: frozenset[str] = frozenset(HEAD_ORDER)
+
     @property
     def unexpected_missing(self) -> list[str]:
-        """Missing keys that are not fine-tuning heads (suspicious)."""
-        return [k for k in self.missing if not k.startswith(FINETUNE_HEAD_PREFIXES)]
+        """Missing keys outside the heads this run trains from scratch (suspicious)."""
+        return [k for k in self.missing if k.split(".")[0] not in self.fresh_heads]
 
     @property
     def unexpected_leftovers(self) -> list[str]:
-        """Checkpoint keys without a place that are not known pretraining heads (suspicious)."""
-        return [k for k in self.unexpected if not k.startswith(PRETRAIN_HEAD_PREFIXES)]
+        """Checkpoint keys without a place that belong to no head any task declares (suspicious)."""
+        return [k for k in self.unexpected if k.split(".")[0] not in self.known_heads]
 
     def summary(self) -> str:
         """One paragraph for the log."""
@@ -143,19 +143,23 @@ def _init_rank_from_itm(state: dict[str, torch.Tensor], model: nn.Module, report
 
 
 def load_uc2_checkpoint(model: nn.Module, path_or_state: str | Path | Mapping[str, torch.Tensor],
-                        strict_heads: bool = False, allow_partial: bool = False) -> LoadReport:
+                        strict_heads: bool = False, allow_partial: bool = False,
+                        known_heads: Iterable[str] = ()) -> LoadReport:
     """Load a UC2 state dict (original key names) into ``model``; returns what was done.
 
     Tensors are cast to float32; tied aliases (``cls.decoder.weight``, ``cls.decoder.bias``,
     ``feat_regress.weight``) are accepted; ``vis_cls.*`` is ignored. Raises DataError on a shape
     mismatch (naming the key and both shapes), when backbone (``roberta.*``) tensors are missing and
     ``allow_partial`` is False (set it for partial files such as an Early Adaptation checkpoint), and,
-    with ``strict_heads``, when a missing or unused key is not an expected fine-tuning/pretraining head.
+    with ``strict_heads``, when a missing key is not in a head the model trains from scratch
+    (``model.fresh_heads``: declared by a task of this run) or an unused key is in no known head
+    (:data:`model.heads.HEAD_ORDER` plus ``known_heads``, the heads every registered task declares).
     """
     is_path = isinstance(path_or_state, (str, Path))
     source = str(path_or_state) if is_path else "<state dict>"
     state = read_state_file(path_or_state) if is_path else check_state_dict(path_or_state, source)
-    report = LoadReport(source)
+    report = LoadReport(source, fresh_heads=frozenset(getattr(model, "fresh_heads", ())),
+                        known_heads=frozenset(HEAD_ORDER) | frozenset(known_heads))
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     report.ignored = sorted(k for k in state if k.startswith(IGNORED_PREFIXES))
     if report.ignored:

@@ -241,13 +241,15 @@ def build_task(name: str, shape: BenchShape, paths: dict[str, Path], device: tor
     """The task's PretrainTask (objective, dataset, token-bucket sampler, loader) on the bench corpus."""
     from data.img_db import ImgDb
     from data.sampler import TokenBucketSampler
-    from tasks.base import ExampleSource, LoaderOptions, ObjectiveSettings, PretrainTask, TaskDataset
-    from tasks.registry import get_task
+    from tasks.base import ExampleSource, LoaderOptions, PretrainTask, TaskDataset
+    from tasks.registry import task_spec
     from data.txt_db import TxtDb
 
     txt = paths["paired" if name == "vtlm" else "txt"]
     source = ExampleSource([(TxtDb(txt), ImgDb(paths["img"]))])
-    objective = get_task(name)(ObjectiveSettings(label_vocab=label_vocab(shape)))
+    spec = task_spec(name)
+    resources = (label_vocab(shape),) if spec.name == "mrtm" else ()  # MRTM's class-word table
+    objective = spec.target(spec.config(task=spec.name), *resources)
     sampler = TokenBucketSampler(source.lens, int(shape.batch * source.lens.max()), seed=0)
     return PretrainTask(name, 1.0, objective, TaskDataset(source, objective), sampler,
                         options=LoaderOptions(num_workers=workers, device=device))
@@ -512,8 +514,8 @@ def rss():  # current resident set, MiB (peak RSS on systems without /proc)
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 t0 = time.perf_counter(); import torch; t1 = time.perf_counter(); r1 = rss()
 import tasks.build, model.model
-from tasks.registry import load_builtin_tasks
-load_builtin_tasks()
+from tasks.registry import discover
+discover()
 t2 = time.perf_counter()
 print(json.dumps({"torch_s": t1 - t0, "torch_rss_mb": r1, "project_s": t2 - t1, "rss_mb": rss(),
                   "project_rss_mb": rss() - r1}))

@@ -8,7 +8,7 @@ train/val data and implements the trainer's TrainTask protocol (docs/ARCHITECTUR
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,26 +18,34 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.collate import box_pos_feat, collate_backbone, img_mask_target, pad_sequences, xlmr_position_ids
 from utils.device import move_to_device
-from utils.errors import DataError
+from utils.config import field
+from utils.errors import ConfigError, DataError
 
 NUM_SPECIALS = 2  # <s> and </s> around a caption
 
 
-@dataclass(frozen=True)
-class ObjectiveSettings:
-    """Knobs of the objectives (from the run config).
+@dataclass
+class TaskConfig:
+    """Base of every task's nested config (``{"task": "mrtm", "mask_prob": 0.15}`` in a run config).
 
-    Attributes:
-        mask_prob: probability of masking a token / English word / region.
-        itm_neg_prob: probability that ITM swaps in another image.
-        vtlm_mask_mode: "mix" (50 % co-masked, 50 % independent, the original default) or "full".
-        label_vocab: class words per language (data.labels.LabelVocab), needed by MRTM only.
+    Subclasses add the task's knobs as fields with a ``help``. ``LEGACY_KEYS`` maps a knob to the run-config
+    key that supplies its default when the entry does not set it (same name when absent), which is how an
+    original config's top-level ``mask_prob`` or ``itm_neg_prob`` still reaches the tasks.
     """
 
-    mask_prob: float = 0.15
-    itm_neg_prob: float = 0.5
-    vtlm_mask_mode: str = "mix"
-    label_vocab: Any = None
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {}
+    task: str = field("", help="registered task name, e.g. 'mrtm'")
+
+
+@dataclass
+class MaskingConfig(TaskConfig):
+    """Knobs of an objective that masks tokens, words or regions."""
+
+    mask_prob: float = field(0.15, help="probability of masking a token / English word / region (orig. mrm_prob)")
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_prob <= 1.0:
+            raise ConfigError(f"mask_prob: expected a probability in (0, 1], got {self.mask_prob}")
 
 
 @dataclass(frozen=True)
@@ -159,10 +167,12 @@ class Objective:
     """One pretraining objective. Subclasses are registered with ``@register_task(name)``."""
 
     name: ClassVar[str] = "?"
+    #: heads this objective trains: checkpoint key -> factory (model.heads), e.g. {"cls": mlm_head}
+    heads: ClassVar[dict[str, Any]] = {}
     #: keys that eval_stats returns (the same on every rank, so they can be all-reduced)
     stat_keys: ClassVar[tuple[str, ...]] = ("loss", "n")
 
-    def __init__(self, settings: ObjectiveSettings):
+    def __init__(self, settings: TaskConfig):
         self.settings = settings
 
     def build_example(self, source: ExampleSource, index: int, rng: np.random.Generator) -> dict:
@@ -241,6 +251,22 @@ def worker_context() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+def make_loader(dataset: Dataset, batch_sampler: Any, collate: Callable[[list], dict],
+                options: LoaderOptions) -> DataLoader:
+    """The one DataLoader recipe of every task: ``batch_sampler`` yields lists of dataset keys,
+    workers start by forkserver/spawn (:func:`worker_context`), and the loader has a private generator.
+
+    A DataLoader iterator draws its worker base seed from the GLOBAL torch RNG unless it has its own
+    generator. Train streams are (re)created lazily, at other steps in a resumed run, so that draw would
+    shift the dropout masks after resume. Examples take all randomness from their draw seeds, so a fixed
+    private generator changes no data.
+    """
+    context = worker_context() if options.num_workers > 0 else None
+    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=options.num_workers,
+                      pin_memory=options.pin_memory, multiprocessing_context=context,
+                      generator=torch.Generator().manual_seed(0))
+
+
 class PretrainTask:
     """A TrainTask: one objective on one dataset, with its mix weight and validation split."""
 
@@ -252,17 +278,10 @@ class PretrainTask:
         self.train_data, self.train_sampler = train_data, train_sampler
         self.val_data, self.val_sampler = val_data, val_sampler
         self.options = options or LoaderOptions()
+        self.heads = dict(objective.heads)  # the heads this task trains (model built with them)
 
     def _loader(self, data: TaskDataset, batch_sampler) -> DataLoader:
-        opts = self.options
-        context = worker_context() if opts.num_workers > 0 else None
-        # A DataLoader iterator draws its worker base seed from the GLOBAL torch RNG unless it has its own
-        # generator. Train streams are (re)created lazily, at other steps in a resumed run, so that draw
-        # would shift the dropout masks after resume. Examples take all randomness from their draw seeds,
-        # so a fixed private generator changes no data.
-        return DataLoader(data, batch_sampler=batch_sampler, collate_fn=self.objective.collate,
-                          num_workers=opts.num_workers, pin_memory=opts.pin_memory,
-                          multiprocessing_context=context, generator=torch.Generator().manual_seed(0))
+        return make_loader(data, batch_sampler, self.objective.collate, self.options)
 
     def train_batches(self, start_batch: int = 0) -> Iterator[dict]:
         """Infinite, deterministic batches on the task's device, skipping the first ``start_batch``."""

@@ -1,124 +1,106 @@
-"""Build the pretraining TrainTasks of a run config: one per (dataset, task), weighted by mix_ratio."""
+"""UC2 pretraining as a run: the TrainTasks of a ``PretrainConfig`` (one per dataset and listed objective,
+weighted by ``mix_ratio``), the pretraining model, and the ``pretrain`` run spec (``train.py --task pretrain``,
+the ``pretrain.py`` shim)."""
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from data.labels import LabelVocab
-from data.sampler import OrderedBatchSampler, TokenBucketSampler
-from tasks.base import ExampleSource, LoaderOptions, ObjectiveSettings, PretrainTask, TaskDataset
-from tasks.registry import canonical_task_name, get_task
+from model.model import UC2ForPretraining
+from tasks.context import DatasetBinding, TaskContext, run_context
+from tasks.registry import PRETRAIN, RunSpec, TaskSpec, known_head_names, register_run, resolve_task_config
+from training.run_config import PretrainConfig
+from training.setup import init_weights, resolve_model_config
+from utils import distributed as du
 from utils.errors import ConfigError
 
 
-def task_seed(seed: int, task_name: str) -> int:
-    """Per-task data seed, so two tasks on one dataset do not see the same order and masks."""
-    return (int(seed) * 1_000_003 + zlib.crc32(task_name.encode("utf-8"))) % (2**63)
+def _entries(cfg: Any, key: str) -> list[list[tuple[TaskSpec, Any]]]:
+    """Spec and typed config of every ``tasks`` entry of ``cfg.<key>``; errors name the key path."""
+    return [[resolve_task_config(entry, cfg, f"{key}[{i}].tasks[{j}]", PRETRAIN) for j, entry in enumerate(spec.tasks)]
+            for i, spec in enumerate(getattr(cfg, key))]
 
 
-class _ImgDbCache:
-    """Opens each img_db directory once and shares it across tasks (the original re-opened per task)."""
-
-    def __init__(self, cfg, open_img_db: Callable):
-        self._cfg = cfg
-        self._open = open_img_db
-        self._dbs: dict[str, object] = {}
-
-    def __call__(self, path: str):
-        if path not in self._dbs:
-            c = self._cfg
-            self._dbs[path] = self._open(path, c.conf_th, c.max_bb, c.min_bb, c.num_bb)
-        return self._dbs[path]
-
-
-def _source(spec, img_dbs: _ImgDbCache, open_txt_db: Callable, max_txt_len: int | None) -> ExampleSource:
-    imgs = spec.img if len(spec.img) == len(spec.db) else spec.img * len(spec.db)
-    return ExampleSource([(open_txt_db(db, max_txt_len=max_txt_len), img_dbs(img)) for db, img in zip(spec.db, imgs)])
-
-
-def _canonical_tasks(specs, key: str) -> list[list[str]]:
-    """Registered names of each spec's tasks; an unknown name is a ConfigError naming its key path."""
-    out = []
-    for i, spec in enumerate(specs):
-        names = []
-        for j, task in enumerate(spec.tasks):
-            try:
-                names.append(canonical_task_name(task))
-            except KeyError as err:
-                raise ConfigError(f"{key}[{i}].tasks[{j}]: {err.args[0]}") from None
-        out.append(names)
-    return out
-
-
-def _source_langs(source: ExampleSource) -> list[str]:
-    """Caption languages of a source's txt_dbs (meta 'lang', else the first example's 'lang')."""
-    langs = []
-    for txt, _ in source.parts:
-        lang = txt.meta.get("lang") or (txt[txt.ids[0]].get("lang") if txt.ids else None)
-        if not lang:
-            raise ConfigError(f"{getattr(txt, 'db_dir', 'txt_db')}: MRTM needs the caption language "
-                              f"('lang' in meta.json or in the examples)")
-        langs.append(lang)
-    return langs
-
-
-def _label_vocab(cfg, tokenizer, mrtm_sources: list[ExampleSource]) -> LabelVocab | None:
-    if not mrtm_sources:
-        return None
-    if not cfg.label_dir:
-        raise ConfigError("label_dir: required by the MRTM task (objects_vocab_<lang>.txt files)")
-    langs = [lang for source in mrtm_sources for lang in _source_langs(source)]
-    txt, img = mrtm_sources[0].parts[0]
-    num_classes = getattr(img, "label_dim", None)
-    if not num_classes:
-        raise ConfigError(f"{getattr(img, 'db_dir', 'img_db')}: MRTM needs detector soft labels, none stored")
-    return LabelVocab.load(cfg.label_dir, langs, num_classes, tokenizer)
-
-
-def _val_source(cfg, name: str, task: str, val_tasks, img_dbs, open_txt_db) -> ExampleSource | None:
-    for spec, tasks in zip(cfg.val_datasets, val_tasks):
-        if spec.name == name and task in tasks:
-            return _source(spec, img_dbs, open_txt_db, None)
+def _val_source(ctx: TaskContext, name: str, task: str, val_entries) -> Any:
+    """Validation examples: the val dataset of the same name that lists the same task, else None."""
+    for spec, entries in zip(ctx.run.val_datasets, val_entries):
+        if spec.name == name and task in [s.name for s, _ in entries]:
+            return ctx.source(spec.db, spec.img, None)
     return None
 
 
-def build_pretrain_tasks(cfg, tokenizer, rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
-                         open_txt_db: Callable | None = None, open_img_db: Callable | None = None
-                         ) -> list[PretrainTask]:
-    """One :class:`PretrainTask` per (train dataset, task) of a ``PretrainConfig``.
+def build_pretrain_tasks(cfg: Any, tokenizer: Any = None, rank: int = 0, world_size: int = 1,
+                         device: str | torch.device = "cpu", open_txt_db: Callable | None = None,
+                         open_img_db: Callable | None = None, ctx: TaskContext | None = None) -> list:
+    """One TrainTask per (train dataset, listed task) of a ``PretrainConfig``, built by the task's own
+    builder with a :class:`TaskContext` bound to that dataset.
 
     ``open_txt_db(path, max_txt_len=...)`` / ``open_img_db(path, conf_th, max_bb, min_bb, num_bb)`` default
     to :class:`data.txt_db.TxtDb` / :class:`data.img_db.ImgDb` (tests pass in-memory stand-ins).
     Validation uses the val dataset of the same name that lists the same task.
     """
-    if open_txt_db is None:
-        from data.txt_db import TxtDb as open_txt_db
-    if open_img_db is None:
-        from data.img_db import ImgDb as open_img_db
-    device = torch.device(device)
-    img_dbs = _ImgDbCache(cfg, open_img_db)
-    train_tasks = _canonical_tasks(cfg.train_datasets, "train_datasets")
-    val_tasks = _canonical_tasks(cfg.val_datasets, "val_datasets")
-    sources = [_source(spec, img_dbs, open_txt_db, cfg.max_txt_len) for spec in cfg.train_datasets]
-    mrtm_sources = [s for s, tasks in zip(sources, train_tasks) if "mrtm" in tasks]
-    settings = ObjectiveSettings(cfg.mask_prob, cfg.itm_neg_prob, cfg.vtlm_mask_mode,
-                                 _label_vocab(cfg, tokenizer, mrtm_sources))
-    options = LoaderOptions(cfg.n_workers, bool(cfg.pin_mem and device.type == "cuda"), device)
+    ctx = ctx or run_context(cfg, tokenizer, rank, world_size, device, open_txt_db, open_img_db)
+    train_entries, val_entries = _entries(cfg, "train_datasets"), _entries(cfg, "val_datasets")
+    sources = [ctx.source(spec.db, spec.img, cfg.max_txt_len) for spec in cfg.train_datasets]
+    for source, entries in zip(sources, train_entries):
+        for spec, _ in entries:
+            ctx.sources_of.setdefault(spec.name, []).append(source)
     built = []
-    for spec, source, tasks in zip(cfg.train_datasets, sources, train_tasks):
-        ratios = spec.mix_ratio or [1.0] * len(tasks)
-        for task, ratio in zip(tasks, ratios):
-            name = f"{task}_{spec.name}"
-            seed = task_seed(cfg.seed, name)
-            objective = get_task(task)(settings)
-            train_sampler = TokenBucketSampler(source.lens, cfg.train_batch_size, seed=seed, rank=rank,
-                                               world_size=world_size)
-            val = _val_source(cfg, spec.name, task, val_tasks, img_dbs, open_txt_db)
-            val_data = TaskDataset(val, objective) if val is not None else None
-            val_sampler = (OrderedBatchSampler(val.lens, cfg.val_batch_size, seed=seed, rank=rank,
-                                               world_size=world_size) if val is not None else None)
-            built.append(PretrainTask(name, ratio, objective, TaskDataset(source, objective), train_sampler,
-                                      val_data, val_sampler, options))
+    for spec, source, entries in zip(cfg.train_datasets, sources, train_entries):
+        ratios = spec.mix_ratio or [1.0] * len(entries)
+        for (task, task_cfg), ratio in zip(entries, ratios):
+            val = _val_source(ctx, spec.name, task.name, val_entries)
+            built.append(task.build(task_cfg, ctx.for_dataset(DatasetBinding(spec.name, ratio, source, val))))
     return built
+
+
+def declared_heads(tasks: list) -> dict[str, Any]:
+    """Head factories declared by the built tasks (checkpoint key -> factory)."""
+    return {name: factory for task in tasks for name, factory in getattr(task, "heads", {}).items()}
+
+
+def build_pretrain_model(cfg: Any, ctx: TaskContext, tasks: list) -> tuple[UC2ForPretraining, dict]:
+    """The released pretraining heads plus any other head the run's tasks declare, shaped by the run's
+    model config and the first training image db, initialised from checkpoint / XLM-R / Early Adaptation."""
+    first_img = ctx.img_db(cfg.train_datasets[0].img[0])
+    model_config = resolve_model_config(cfg, first_img.feat_dim, first_img.label_dim, cfg.xlmr_dir)
+    if ctx.tokenizer is not None and model_config.vocab_size != ctx.tokenizer.vocab_size:
+        raise ConfigError(f"model vocab_size {model_config.vocab_size} != tokenizer {ctx.tokenizer.path} "
+                          f"vocabulary {ctx.tokenizer.vocab_size}")
+    heads = declared_heads(tasks)
+    model = UC2ForPretraining(model_config, extra_heads=heads, fresh=heads)
+    ea = cfg.early_adaptation
+    if ea is not None and ea.num_train_steps > 0 and not ea.init_from:
+        raise ConfigError("early_adaptation: train it with scripts/early_adaptation.py, then set "
+                          "early_adaptation.init_from to its output")
+    init_weights(model, cfg, cfg.xlmr_dir, partial=(ea.init_from,) if ea is not None and ea.init_from else (),
+                 known_heads=known_head_names())
+    return model, model_config.to_dict()
+
+
+def pretrain_context(cfg: Any, info: Any, device: torch.device) -> TaskContext:
+    """The run's context with the tokenizer loaded (``tokenizer``, else the XLM-R folder's)."""
+    from data.tokenizer import load_tokenizer
+
+    if not cfg.train_datasets:
+        raise ConfigError("train_datasets: expected at least one training source")
+    return run_context(cfg, load_tokenizer(cfg.tokenizer or cfg.xlmr_dir), info.rank, info.world_size, device)
+
+
+def save_final(cfg: Any, trainer: Any, ctx: TaskContext, metrics: dict) -> Path:
+    """Write ``model_final.pt`` (UC2 key names, rank 0) and return its path."""
+    from model.weights import save_uc2_checkpoint
+
+    final = Path(cfg.output_dir) / "model_final.pt"
+    if du.is_main():
+        save_uc2_checkpoint(trainer.model, final)
+    du.barrier()
+    return final
+
+
+PRETRAIN_RUN = register_run(RunSpec(
+    name="pretrain", config=PretrainConfig, build_tasks=lambda cfg, ctx: build_pretrain_tasks(cfg, ctx=ctx),
+    build_model=build_pretrain_model, finish=save_final, make_context=pretrain_context))

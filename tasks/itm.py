@@ -1,13 +1,18 @@
 """ITM: image-text matching, a 2-way classification of (caption, image) pairs."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from data.collate import collate_backbone
-from tasks.base import ExampleSource, Objective, run_backbone, text_example, wrap_text
+from model.heads import itm_head
+from tasks.base import ExampleSource, Objective, TaskConfig, run_backbone, text_example, wrap_text
 from tasks.registry import register_task
+from utils.config import field
+from utils.errors import ConfigError
 
 
 def itm_logits(model, batch: dict) -> torch.Tensor:
@@ -15,16 +20,29 @@ def itm_logits(model, batch: dict) -> torch.Tensor:
     return model.itm_output(model.roberta.pooler(run_backbone(model, batch)))
 
 
-@register_task("itm")
+@dataclass
+class ItmConfig(TaskConfig):
+    """ITM knobs; ``neg_prob`` defaults to the run config's ``itm_neg_prob``."""
+
+    LEGACY_KEYS = {"neg_prob": "itm_neg_prob"}
+    neg_prob: float = field(0.5, help="probability that ITM swaps in another image (a negative)")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.neg_prob <= 1.0:
+            raise ConfigError(f"neg_prob: expected a probability in [0, 1], got {self.neg_prob}")
+
+
+@register_task("itm", config=ItmConfig)
 class ItmObjective(Objective):
-    """With p = itm_neg_prob the image is another one (label 0), else the caption's own (label 1)."""
+    """With p = neg_prob the image is another one (label 0), else the caption's own (label 1)."""
 
     stat_keys = ("loss", "n", "correct")
+    heads = {"itm_output": itm_head}
 
     def build_example(self, source: ExampleSource, index: int, rng: np.random.Generator) -> dict:
         record = source.text(index)
         fname = record.fields["img_fname"]
-        matched = rng.random() >= self.settings.itm_neg_prob
+        matched = rng.random() >= self.settings.neg_prob
         if not matched:
             fname = source.other_image(record.part, fname, rng)
         example = text_example(wrap_text(record.fields["input_ids"], record.meta), source.image(record.part, fname))

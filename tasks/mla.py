@@ -67,8 +67,9 @@ class NLTTask:
 
 
 class ContrastiveTask:
-    """Image-caption InfoNCE for one language; ``fixed_temperature`` None = the model's learned scale (native
-    training), a number = MLA's LE with the image tower frozen. ``val_set``: a RetrievalSet for AR."""
+    """Image-caption InfoNCE for one language. ``fixed_temperature``: None = the model's learned scale (native
+    training); > 0 = MLA's LE with that fixed τ; <= 0 = LE with the frozen native model's learned τ (read from
+    ``model.native.logit_scale``, which no optimizer holds). ``val_set``: a RetrievalSet for AR."""
 
     def __init__(self, name: str, lang: str, train: ImageCaptions, opts: DualTaskOptions,
                  fixed_temperature: float | None, val_set=None, weight: float = 1.0):
@@ -90,7 +91,8 @@ class ContrastiveTask:
             return clip_contrastive_loss(image, text, scale), {"logit_scale": float(scale.detach())}
         with torch.no_grad():
             image = model.encode_image(*image_inputs).float()
-        return le_loss(image, text, self.fixed_temperature), {}
+            tau = self.fixed_temperature if self.fixed_temperature > 0 else float(1.0 / model.native.logit_scale.exp())
+        return le_loss(image, text, tau), {}
 
     @torch.no_grad()
     def validate(self, model) -> dict[str, float]:
@@ -104,19 +106,14 @@ class ContrastiveTask:
                                  self.val_set.txt2img)
 
 
-def build_mla_tasks(cfg, device: torch.device, temperature: float | None = None) -> list:
+def build_mla_tasks(cfg, ctx) -> list:
     """The tasks of a ``training.mla_config.DualRunConfig``: one per (objective, language), equal weights, so
-    languages are drawn uniformly. ``temperature``: LE's fixed temperature (``training.mla_setup.le_temperature``);
-    unused by stage 'native', whose temperature is learned."""
-    from data.img_db import ImgDb
-    from data.txt_db import TxtDb
+    languages are drawn uniformly (MLA's monolingual batches). ``ctx``: the run's TaskContext (device, ranks)."""
     from evaluation.itm_eval import load_retrieval_set
-    from utils import distributed as du
 
-    rule = {k: getattr(cfg, k) for k in ("conf_th", "max_bb", "min_bb", "num_bb")}
-    img_db = ImgDb(cfg.img_db, **rule)
-    opts = DualTaskOptions(cfg.batch_size, cfg.seed, du.get_rank(), du.get_world_size(), device, cfg.max_txt_len)
-    db = lambda path: TxtDb(path, max_txt_len=None)  # noqa: E731 - truncation keeps </s> (data.mla_data)
+    img_db = ctx.img_db(cfg.img_db)
+    opts = DualTaskOptions(cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size, ctx.device, cfg.max_txt_len)
+    db = lambda path: ctx.open_txt_db(path, max_txt_len=None)  # noqa: E731 - truncation keeps </s> (data.mla_data)
     tasks: list = []
     for data in cfg.languages:
         if cfg.stage in ("nlt", "nlt+le"):
@@ -129,5 +126,48 @@ def build_mla_tasks(cfg, device: torch.device, temperature: float | None = None)
                 if data.val_caption_db else None
             name = f"{'native' if cfg.stage == 'native' else 'le'}_{data.lang}"
             tasks.append(ContrastiveTask(name, data.lang, ImageCaptions(db(data.caption_db), img_db, cfg.max_txt_len),
-                                         opts, None if cfg.stage == "native" else temperature, val_set))
+                                         opts, None if cfg.stage == "native" else cfg.le_temperature, val_set))
     return tasks
+
+
+# ------------------------------------------------------------------------------------------ the run (train.py --task mla)
+def build_mla_model(cfg, ctx, tasks) -> tuple:
+    """Stage 'native': a new dual encoder (region width from the img_db); else MLA around the frozen native."""
+    from training.mla_setup import build_acquisition, load_native, new_native
+
+    if cfg.stage == "native":
+        model = new_native(cfg, ctx.img_db(cfg.img_db).feat_dim)
+        return model, model.cfg.to_dict()
+    native = load_native(cfg)
+    model = build_acquisition(cfg, native)
+    return model, {"native": native.cfg.to_dict(), "acquisition": model.cfg.to_dict()}
+
+
+def finish_mla(cfg, trainer, ctx, metrics) -> str:
+    """Write ``model_final.pt`` (stage native: the dual encoder; MLA: only θ_emb and acquirers) and the test
+    table; returns its Markdown ('' without test sets)."""
+    from pathlib import Path
+
+    from evaluation.dual_eval import evaluate_run
+    from utils import distributed as du
+    from utils.atomic import atomic_torch_save
+
+    model = trainer.model
+    final = model.state_dict() if cfg.stage == "native" else model.trainable_state_dict()
+    if du.is_main():
+        atomic_torch_save(final, Path(cfg.output_dir) / "model_final.pt")
+    table = evaluate_run(cfg, model) if cfg.test_datasets else ""
+    if table and du.is_main():
+        print(table, flush=True)
+    return table
+
+
+def _register() -> None:
+    from tasks.registry import RunSpec, register_run
+    from training.mla_config import DualRunConfig
+
+    register_run(RunSpec(name="mla", config=DualRunConfig, build_tasks=build_mla_tasks,
+                         build_model=build_mla_model, finish=finish_mla))
+
+
+_register()

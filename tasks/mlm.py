@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from data.collate import collate_backbone, pad_labels
 from utils.errors import DataError
-from tasks.base import ExampleSource, Objective, run_backbone, text_example, wrap_text
+from model.heads import mlm_head
+from tasks.base import ExampleSource, MaskingConfig, Objective, run_backbone, text_example, wrap_text
 from tasks.registry import register_task
 
 # Of the chosen tokens: below 0.8 -> <mask>, below 0.9 -> random id, else unchanged (BERT's 80/10/10).
@@ -93,6 +94,7 @@ class TokenPredictionObjective(Objective):
     predicts the masked tokens; cross-entropy and accuracy over the targets."""
 
     stat_keys = ("loss", "n", "correct")
+    heads = {"cls": mlm_head}
 
     def collate(self, examples: list[dict]) -> dict:
         batch = collate_backbone(examples)
@@ -106,7 +108,7 @@ class TokenPredictionObjective(Objective):
         return token_eval_stats(model, batch)
 
 
-@register_task("mlm")
+@register_task("mlm", config=MaskingConfig)
 class MlmObjective(TokenPredictionObjective):
     """Tokens masked with p = mask_prob (80/10/10, at least one); images unmasked; CE on the targets."""
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tasks.base import RegionMaskObjective
+from model.heads import region_classifier_head
+from tasks.base import MaskingConfig, RegionMaskObjective
 from tasks.registry import register_task
 
 
@@ -17,11 +18,12 @@ def hard_targets(soft: torch.Tensor) -> torch.Tensor:
     return soft[:, 1:].argmax(-1) + 1
 
 
-@register_task("mrc")
+@register_task("mrc", config=MaskingConfig)
 class MrcObjective(RegionMaskObjective):
     """Regions masked, text unmasked; CE of ``model.region_classifier`` against the argmax class."""
 
     stat_keys = ("loss", "n", "correct")
+    heads = {"region_classifier": region_classifier_head}
 
     def add_targets(self, batch: dict, examples: list[dict]) -> None:
         soft = [ex["soft_labels"][ex["img_masks"]] for ex in examples]
@@ -43,7 +45,7 @@ class MrcObjective(RegionMaskObjective):
                 "correct": (logits.argmax(-1) == hard_targets(soft)).sum().item()}
 
 
-@register_task("mrc-kl")
+@register_task("mrc-kl", config=MaskingConfig)
 class MrcKlObjective(MrcObjective):
     """As MRC, with KL(soft labels || softmax(prediction)) per region instead of the argmax CE."""
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tasks.base import RegionMaskObjective
+from model.heads import feat_regress_head
+from tasks.base import MaskingConfig, RegionMaskObjective
 from tasks.registry import register_task
 
 
-@register_task("mrfr")
+@register_task("mrfr", config=MaskingConfig)
 class MrfrObjective(RegionMaskObjective):
     """Regions masked (the model zeroes their input feature), text unmasked; MSE to the true features."""
 
     needs_soft_labels = False
+    heads = {"feat_regress": feat_regress_head}
 
     def add_targets(self, batch: dict, examples: list[dict]) -> None:
         feats = [ex["img_feat"][ex["img_masks"]] for ex in examples]

@@ -20,23 +20,36 @@ sampled uniformly, so each part is drawn in proportion to its size. Negatives co
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from data.collate import collate_backbone
 from utils.errors import DataError
 from data.sampler import TokenBucketSampler
-from tasks.base import LoaderOptions, run_backbone, text_example, wrap_text
+from model.heads import itm_head, rank_head
+from tasks.base import LoaderOptions, make_loader, run_backbone, text_example, wrap_text
 from utils.device import move_to_device
-from tasks.registry import register_task
+from model.config import UC2ModelConfig
+from model.model import UC2ForImageTextRetrieval, UC2WithHeads
+from model.weights import load_uc2_checkpoint, read_state_file
+from tasks.registry import RUN, RunSpec, known_head_names, register_run, register_task
+from training.itm_config import EvalOptions, RetrievalConfig, RetrievalEvalConfig, RetrievalSetSpec
+from training.setup import init_weights, resolve_model_config
+from utils import distributed as du
+from utils.config import parse_args_and_config
+from utils.device import pick_device
 from evaluation import itm_eval
 from evaluation.retrieval_metrics import retrieval_recalls
 
+#: ``rank_output`` is trained; ``itm_output`` scores zero-shot and is where ``rank_output`` starts from.
+RETRIEVAL_HEADS = {"itm_output": itm_head, "rank_output": rank_head}
 BACKBONE_KEYS = ("input_ids", "position_ids", "img_feat", "img_pos_feat", "attn_masks", "gather_index")
 
 
@@ -230,7 +243,6 @@ def mine_hard_negatives(model, batch: dict, k: int) -> tuple[dict, dict[str, flo
     return out, logs
 
 
-@register_task("itm_rank")
 class RetrievalTask:
     """TrainTask (docs/ARCHITECTURE.md) for retrieval fine-tuning.
 
@@ -256,18 +268,13 @@ class RetrievalTask:
         self.val_sets = list(val_sets)
         self.score_settings = score_settings or itm_eval.ScoreSettings(head="rank")
         self.options = options or LoaderOptions()
+        self.heads = dict(RETRIEVAL_HEADS)
 
     def train_batches(self, start_batch: int = 0) -> Iterator[dict]:
         """Infinite, deterministic batches on the task's device, skipping the first ``start_batch``."""
-        opts = self.options
-        # A DataLoader iterator draws its worker base seed from the GLOBAL torch RNG unless given its own
-        # generator; that draw would shift the dropout masks of a resumed run (the iterator is created
-        # after the trainer restored the RNG), so the loader gets a private generator.
-        loader = DataLoader(self.dataset, batch_sampler=_PoolBatches(self.sampler, start_batch, self.settings),
-                            collate_fn=rank_collate, num_workers=opts.num_workers, pin_memory=opts.pin_memory,
-                            generator=torch.Generator().manual_seed(self.sampler.seed))
-        for batch in loader:
-            yield move_to_device(batch, opts.device)
+        batches = _PoolBatches(self.sampler, start_batch, self.settings)
+        for batch in make_loader(self.dataset, batches, rank_collate, self.options):
+            yield move_to_device(batch, self.options.device)
 
     def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Hinge loss of one micro-batch; pools larger than k are mined for hard negatives first."""
@@ -293,3 +300,117 @@ class RetrievalTask:
             out["r_mean"] = float(np.mean([out[f"{v.name}/r_mean"] for v in self.val_sets]))
         return out
 
+
+
+# ------------------------------------------------------------------------------------- registration, run
+TASK_NAME = "itm_rank"
+LOG = logging.getLogger("retrieval")
+
+
+def img_rule(cfg) -> dict:
+    """The region-selection rule every image db of the run is opened with."""
+    return {"conf_th": cfg.conf_th, "max_bb": cfg.max_bb, "min_bb": cfg.min_bb, "num_bb": cfg.num_bb}
+
+
+def score_settings(cfg, head: str) -> itm_eval.ScoreSettings:
+    return itm_eval.ScoreSettings(head=head, txt_block=cfg.eval.txt_block, img_block=cfg.eval.img_block,
+                                  precision=cfg.precision)
+
+
+def example_config(paths: Mapping[str, str]) -> RetrievalConfig:
+    """A tiny retrieval run over the contract-test corpus (tests/_task_corpus.py)."""
+    split = RetrievalSetSpec(name="all", txt_db=paths["txt_db"], img_db=paths["img_db"])
+    return RetrievalConfig(output_dir=paths["output_dir"], model_config=paths["model_config"],
+                           train_datasets=[split], val_datasets=[split], train_batch_size=4, negative_size=2,
+                           eval=EvalOptions(txt_block=8, img_block=4, save_scores=False))
+
+
+@register_task(TASK_NAME, config=RetrievalConfig, heads=RETRIEVAL_HEADS, places=(RUN,), example_config=example_config)
+def build_retrieval_task(cfg: RetrievalConfig, ctx) -> RetrievalTask:
+    """The itm_rank task over the merged training sets, validating on ``val_datasets``."""
+    parts = [(ctx.open_txt_db(s.txt_db, max_txt_len=cfg.max_txt_len), ctx.img_db(s.img_db))
+             for s in cfg.train_datasets]
+    settings = RankSettings(cfg.negative_size, cfg.margin, cfg.hard_neg_every, cfg.hard_neg_pool)
+    return RetrievalTask(
+        TASK_NAME, PairSource(parts), settings, batch_size=cfg.train_batch_size, seed=cfg.seed,
+        rank=ctx.rank, world_size=ctx.world_size,
+        val_sets=[itm_eval.open_retrieval_set(s, img_rule(cfg)) for s in cfg.val_datasets],
+        score_settings=score_settings(cfg, "rank"), options=ctx.loader)
+
+
+def build_retrieval_model(cfg: RetrievalConfig, ctx, tasks: list) -> tuple[UC2WithHeads, dict]:
+    """Backbone + the heads the task declares, shaped like every other run's model (model_config, feature
+    width from the first training image db, the run's dropout), initialised from ``cfg.checkpoint``
+    (a pretraining checkpoint: ``rank_output`` starts from ``itm_output``'s match row)."""
+    img_db = ctx.img_db(cfg.train_datasets[0].img_db)
+    mconf = resolve_model_config(cfg, img_db.feat_dim, img_db.label_dim)
+    heads = {name: f for task in tasks for name, f in task.heads.items()}
+    model = UC2WithHeads(mconf, heads, fresh=heads)
+    init_weights(model, cfg, known_heads=known_head_names())
+    return model, mconf.to_dict()
+
+
+def lr_multipliers(cfg: RetrievalConfig) -> dict[str, float] | None:
+    """Per-prefix learning-rate multipliers: the XLM-R text embeddings may get their own rate."""
+    return {"roberta.embeddings": cfg.embeddings_lr_mult} if cfg.embeddings_lr_mult != 1.0 else None
+
+
+def final_evaluation(cfg: RetrievalConfig, trainer, ctx, metrics: dict) -> str:
+    """Evaluate the best checkpoint (else the final weights) on the test sets; print and return the
+    Markdown table ('' without test sets)."""
+    if not cfg.test_datasets:
+        return ""
+    model, best_path = trainer.model, trainer.ckpt.dir / "model_best.pt"
+    if best_path.is_file():
+        model.load_state_dict(read_state_file(best_path))
+        LOG.info(f"test evaluation with the best validation weights {best_path}")
+    out_dir = Path(cfg.results_dir or Path(cfg.output_dir) / "results")
+    results = itm_eval.evaluate_sets(model, cfg.test_datasets, score_settings(cfg, "rank"), cfg.setting,
+                                     lambda spec: itm_eval.open_retrieval_set(spec, img_rule(cfg)),
+                                     out_dir, cfg.eval.save_scores)
+    table = itm_eval.write_results(out_dir, results)
+    if du.is_main():
+        print(table, flush=True)
+    return table
+
+
+def load_eval_model(cfg: RetrievalEvalConfig) -> tuple[UC2ForImageTextRetrieval, str]:
+    """The model with the checkpoint's weights on this rank's device, and the head to score with."""
+    mconf = UC2ModelConfig.from_json(cfg.model_config) if cfg.model_config else UC2ModelConfig()
+    model = UC2ForImageTextRetrieval(mconf)
+    state = read_state_file(cfg.checkpoint)
+    head = cfg.head
+    if head == "auto":
+        head = "rank" if "rank_output.weight" in state else "itm"
+    # A pretraining checkpoint fills rank_output from the ITM match row; the "itm" head ignores it anyway.
+    LOG.info(load_uc2_checkpoint(model, state, known_heads=known_head_names()).summary())
+    return model.to(pick_device()).eval(), head
+
+
+def evaluate(argv: Sequence[str] | None = None) -> list[dict]:
+    """``evaluate.py --task itm_rank`` (``inf_itm.py``): score every test set, write and print (rank 0)
+    one results table; returns the per-set results."""
+    cfg = parse_args_and_config(RetrievalEvalConfig, argv)
+    du.init_distributed()
+    try:
+        model, head = load_eval_model(cfg)
+        setting = cfg.setting or ("Zero-shot (ITM head)" if head == "itm" else "Fine-tuned")
+        settings = itm_eval.ScoreSettings(head=head, txt_block=cfg.eval.txt_block, img_block=cfg.eval.img_block,
+                                          precision=cfg.precision)
+        with torch.no_grad():
+            results = itm_eval.evaluate_sets(model, cfg.test_datasets, settings, setting,
+                                             lambda spec: itm_eval.open_retrieval_set(spec, img_rule(cfg)),
+                                             cfg.output_dir, cfg.eval.save_scores)
+        table = itm_eval.write_results(cfg.output_dir, results)
+        if du.is_main():
+            print(table, flush=True)
+        return results
+    finally:
+        du.shutdown()
+
+
+RETRIEVAL_RUN = register_run(RunSpec(
+    name=TASK_NAME, config=RetrievalConfig, build_tasks=lambda cfg, ctx: [build_retrieval_task(cfg, ctx)],
+    build_model=build_retrieval_model, finish=final_evaluation, evaluate=evaluate,
+    lr_multipliers=lr_multipliers,
+    best_metric=lambda cfg: f"{TASK_NAME}/r_mean" if cfg.val_datasets else None))

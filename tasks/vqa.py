@@ -14,7 +14,10 @@ build it with :func:`build_vqa_task` (or ``VqaObjective(settings, label2ans=...)
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,15 +27,29 @@ import torch
 import torch.nn.functional as F
 
 from data.collate import collate_backbone
-from utils.device import move_to_device
-from utils.errors import DataError
-from data.sampler import OrderedBatchSampler, TokenBucketSampler
-from tasks.base import (ExampleSource, LoaderOptions, Objective, ObjectiveSettings, PretrainTask, TaskDataset,
-                             text_example, wrap_text)
-from tasks.build import task_seed
-from tasks.registry import register_task
-from utils.errors import ConfigError
-from evaluation.vqa_metrics import accuracy, vqa_score
+from data.sampler import OrderedBatchSampler
+from evaluation.results_table import vqa_markdown
+from evaluation.vqa_metrics import accuracy, most_common_answer, score_predictions, submission, vqa_score
+from model.config import UC2ModelConfig
+from model.heads import vqa_head_factory
+from model.model import UC2ForVQA, UC2WithHeads
+from model.weights import load_uc2_checkpoint
+from tasks.base import (ExampleSource, LoaderOptions, Objective, PretrainTask, TaskConfig, TaskDataset, make_loader,
+                        run_backbone, text_example, wrap_text)
+from tasks.context import DatasetBinding, TaskContext, run_context
+from tasks.registry import RUN, RunSpec, known_head_names, register_run, register_task
+from training.setup import init_weights, resolve_model_config
+from training.vqa_config import VQA_TASK_NAME, VQAConfig
+from utils import distributed as du
+from utils.atomic import atomic_write, atomic_write_json
+from utils.checkpoint import CheckpointManager, check_run_dir
+from utils.config import load_config, to_dict
+from utils.device import autocast, move_to_device, pick_device
+from utils.errors import ConfigError, DataError
+
+VOCAB_FILE = "ans2label.json"
+LABELS_FILE = "label2ans.json"
+MAJORITY_FILE = "majority_answer.json"
 
 
 # --------------------------------------------------------------------------------------------- targets
@@ -118,23 +135,23 @@ def check_db_vocab(txt_db: Any, label2ans: Sequence[str]) -> None:
 
 # --------------------------------------------------------------------------------------------- objective
 def vqa_logits(model, batch: dict) -> torch.Tensor:
-    """Answer logits (B, n_answers) of a :class:`model.model.UC2ForVQA`."""
-    return model(batch["input_ids"], batch["position_ids"], batch["img_feat"], batch["img_pos_feat"],
-                 batch["attn_masks"], batch["gather_index"])
+    """Answer logits (B, n_answers) from ``model.vqa_output`` on the pooled output."""
+    return model.vqa_output(model.roberta.pooler(run_backbone(model, batch)))
 
 
-@register_task("vqa")
 class VqaObjective(Objective):
     """Soft-score VQA over the answer vocabulary ``label2ans`` (entry i = answer string of label i)."""
 
+    name = VQA_TASK_NAME
     stat_keys = ("loss", "n", "score", "correct", "n_gold", "n_no_target")
 
-    def __init__(self, settings: ObjectiveSettings | None = None, label2ans: Sequence[str] | None = None):
-        super().__init__(settings or ObjectiveSettings())
+    def __init__(self, settings: TaskConfig | None = None, label2ans: Sequence[str] | None = None):
+        super().__init__(settings or TaskConfig(VQA_TASK_NAME))
         if not label2ans:
             raise ConfigError("task 'vqa' needs its answer vocabulary (label2ans); build it with "
                               "tasks.vqa.build_vqa_task or VqaObjective(settings, label2ans=...)")
         self.label2ans = list(label2ans)
+        self.heads = {"vqa_output": vqa_head_factory(len(self.label2ans))}  # sized by the vocabulary
 
     @property
     def num_answers(self) -> int:
@@ -193,55 +210,101 @@ class VqaObjective(Objective):
 
 
 # --------------------------------------------------------------------------------------------- building
-def open_vqa_source(txt_dbs: Sequence[str], img_dbs: Sequence[str], label2ans: Sequence[str], cfg: Any,
-                    max_txt_len: int | None, open_txt_db: Callable | None = None,
-                    open_img_db: Callable | None = None) -> ExampleSource:
-    """Examples of ``txt_dbs`` (each paired with ``img_dbs[i]``, or all with ``img_dbs[0]``).
-
-    ``cfg`` gives the region rule (conf_th, max_bb, min_bb, num_bb); ``max_txt_len`` None keeps every
-    question (evaluation). Each txt_db is checked against the answer vocabulary first.
-    """
-    if open_txt_db is None:
-        from data.txt_db import TxtDb as open_txt_db
-    if open_img_db is None:
-        from data.img_db import ImgDb as open_img_db
+def open_vqa_source(txt_dbs: Sequence[str], img_dbs: Sequence[str], label2ans: Sequence[str], ctx: TaskContext,
+                    max_txt_len: int | None) -> ExampleSource:
+    """Examples of ``txt_dbs`` (each paired with ``img_dbs[i]``, or all with ``img_dbs[0]``), image dbs
+    opened through ``ctx`` (the run's region rule). ``max_txt_len`` None keeps every question
+    (evaluation). Each txt_db is checked against the answer vocabulary first."""
     if len(img_dbs) not in (1, len(txt_dbs)):
         raise ConfigError(f"VQA data: expected 1 or {len(txt_dbs)} img_dbs for {len(txt_dbs)} txt_dbs, "
                           f"got {len(img_dbs)}")
-    opened: dict[str, Any] = {}  # one ImgDb per directory, shared by the txt_dbs that use it
-    parts = []
-    for i, db in enumerate(txt_dbs):
-        img = img_dbs[i if len(img_dbs) > 1 else 0]
-        if img not in opened:
-            opened[img] = open_img_db(img, cfg.conf_th, cfg.max_bb, cfg.min_bb, cfg.num_bb)
-        txt = open_txt_db(db, max_txt_len=max_txt_len)
-        check_db_vocab(txt, label2ans)
-        parts.append((txt, opened[img]))
-    return ExampleSource(parts)
+    return ctx.source(txt_dbs, img_dbs, max_txt_len, check=lambda txt: check_db_vocab(txt, label2ans))
 
 
 def build_vqa_task(cfg: Any, label2ans: Sequence[str], rank: int = 0, world_size: int = 1,
                    device: str | torch.device = "cpu", open_txt_db: Callable | None = None,
-                   open_img_db: Callable | None = None) -> PretrainTask:
+                   open_img_db: Callable | None = None, ctx: TaskContext | None = None) -> PretrainTask:
     """The trainer's VQA task from a :class:`training.vqa_config.VQAConfig`: token-bucket training batches
     over ``train_txt_dbs`` (questions longer than ``max_txt_len`` dropped) and, when ``val_txt_db`` is
     set, validation on it (all questions kept)."""
-    from training.vqa_config import VQA_TASK_NAME
+    ctx = ctx or run_context(cfg, None, rank, world_size, device, open_txt_db, open_img_db)
+    train = open_vqa_source(cfg.train_txt_dbs, cfg.train_img_dbs, label2ans, ctx, cfg.max_txt_len)
+    val = open_vqa_source([cfg.val_txt_db], [cfg.val_img()], label2ans, ctx, None) if cfg.val_txt_db else None
+    return ctx.for_dataset(DatasetBinding("", 1.0, train, val)).objective_task(VqaObjective(label2ans=label2ans))
 
-    device = torch.device(device)
-    objective = VqaObjective(ObjectiveSettings(), label2ans)
-    seed = task_seed(cfg.seed, VQA_TASK_NAME)
-    train = open_vqa_source(cfg.train_txt_dbs, cfg.train_img_dbs, label2ans, cfg, cfg.max_txt_len,
-                            open_txt_db, open_img_db)
-    sampler = TokenBucketSampler(train.lens, cfg.train_batch_size, seed=seed, rank=rank, world_size=world_size)
-    val_data = val_sampler = None
-    if cfg.val_txt_db:
-        val = open_vqa_source([cfg.val_txt_db], [cfg.val_img()], label2ans, cfg, None, open_txt_db, open_img_db)
-        val_data = TaskDataset(val, objective)
-        val_sampler = OrderedBatchSampler(val.lens, cfg.val_batch_size, seed=seed, rank=rank, world_size=world_size)
-    options = LoaderOptions(cfg.n_workers, bool(cfg.pin_mem and device.type == "cuda"), device)
-    return PretrainTask(VQA_TASK_NAME, 1.0, objective, TaskDataset(train, objective), sampler,
-                        val_data, val_sampler, options)
+
+# ------------------------------------------------------------------------------------------ registration
+def answer_vocab(cfg: VQAConfig) -> list[str]:
+    """label2ans of the run: from ``cfg.ans2label`` or the first training txt_db's ``ans2label.json``."""
+    path = Path(cfg.ans2label) if cfg.ans2label else Path(cfg.train_txt_dbs[0]) / VOCAB_FILE
+    return load_label2ans(path)
+
+
+def example_config(paths: Mapping[str, str]) -> VQAConfig:
+    """A tiny VQA run over the contract-test corpus (tests/_task_corpus.py)."""
+    return VQAConfig(output_dir=paths["output_dir"], model_config=paths["model_config"],
+                     train_txt_dbs=[paths["txt_db"]], train_img_dbs=[paths["img_db"]], val_txt_db=paths["txt_db"],
+                     train_batch_size=120, gradient_accumulation_steps=1)
+
+
+@register_task(VQA_TASK_NAME, config=VQAConfig, heads={"vqa_output": None}, places=(RUN,),
+               example_config=example_config)
+def build_vqa(cfg: VQAConfig, ctx: TaskContext) -> PretrainTask:
+    """The VQA task with its resource, the answer vocabulary (``vqa_output`` is sized by it)."""
+    return build_vqa_task(cfg, ctx.resource("vqa_label2ans", lambda: answer_vocab(cfg)), ctx=ctx)
+
+
+def store_vocab(output_dir: str | Path, label2ans: Sequence[str]) -> None:
+    """Write the answer vocabulary into the run directory; refuse to replace a different one (resume)."""
+    out = Path(output_dir)
+    existing = out / LABELS_FILE
+    if existing.is_file() and json.loads(existing.read_text(encoding="utf-8")) != list(label2ans):
+        raise ConfigError(f"{existing}: this run directory was trained with another answer vocabulary; "
+                          f"use a new output_dir")
+    atomic_write_json({a: i for i, a in enumerate(label2ans)}, out / VOCAB_FILE)
+    atomic_write_json(list(label2ans), out / LABELS_FILE)
+
+
+def store_majority(output_dir: str | Path, task: PretrainTask) -> None:
+    """Write the most common training answer (over all annotations) unless already there (resume)."""
+    path = Path(output_dir) / MAJORITY_FILE
+    if path.is_file():
+        return
+    source = task.train_data.source
+    answers = [a for a in (source.text(i).fields.get("answers") for i in range(len(source))) if a]
+    if not answers:
+        return  # an unannotated training set has no baseline; inf_vqa then prints none
+    atomic_write_json({"answer": most_common_answer([[str(x) for x in a] for a in answers]),
+                       "n_questions": len(answers)}, path)
+
+
+def prepare_run_dir(cfg: VQAConfig, ctx: TaskContext, tasks: list) -> None:
+    """Rank 0 writes the answer vocabulary and the majority answer beside ``ckpt/`` (refusing a directory
+    that holds another run before writing anything into it)."""
+    if du.is_main():
+        check_run_dir(cfg.output_dir, to_dict(cfg), resuming=cfg.resume != "none")
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        store_vocab(cfg.output_dir, tasks[0].objective.label2ans)
+        store_majority(cfg.output_dir, tasks[0])
+    du.barrier()
+
+
+def build_vqa_model(cfg: VQAConfig, ctx: TaskContext, tasks: list) -> tuple[UC2WithHeads, dict]:
+    """Backbone + ``vqa_output`` sized by the answer vocabulary, shaped by ``model_config`` and the image
+    features, with the run's dropout, initialised from ``cfg.checkpoint`` (``vqa_output`` starts fresh)."""
+    img_db = tasks[0].train_data.source.parts[0][1]
+    config = resolve_model_config(cfg, img_db.feat_dim, img_db.label_dim)
+    heads = {name: f for task in tasks for name, f in task.heads.items()}
+    model = UC2WithHeads(config, heads, fresh=heads)
+    init_weights(model, cfg, known_heads=known_head_names())
+    return model, config.to_dict()
+
+
+VQA_RUN = register_run(RunSpec(
+    name=VQA_TASK_NAME, config=VQAConfig, build_tasks=lambda cfg, ctx: [build_vqa(cfg, ctx)],
+    build_model=build_vqa_model, prepare=prepare_run_dir, finish=lambda cfg, trainer, ctx, metrics: metrics,
+    evaluate=lambda argv: evaluate(argv), lr_multipliers=lambda cfg: cfg.lr_multipliers(),
+    best_metric=lambda cfg: f"{VQA_TASK_NAME}/vqa_score" if cfg.val_txt_db and cfg.valid_steps > 0 else None))
 
 
 # --------------------------------------------------------------------------------------------- inference
@@ -251,14 +314,10 @@ def predict(model, data: TaskDataset, sampler: OrderedBatchSampler, options: Loa
     """This rank's predictions, one dict per question: ``index`` (dataset position), ``question_id``,
     ``label`` (argmax answer index),
     ``target_labels``, ``target_scores`` and ``answers`` (gold strings, empty when unannotated)."""
-    from torch.utils.data import DataLoader
-
     was_training = model.training
     model.eval()
-    loader = DataLoader(data, batch_sampler=sampler, collate_fn=data.objective.collate,
-                        num_workers=options.num_workers, pin_memory=options.pin_memory)
     try:
-        for batch in loader:
+        for batch in make_loader(data, sampler, data.objective.collate, options):
             batch = move_to_device(batch, options.device)
             with (autocast_ctx or contextlib.nullcontext)():
                 labels = vqa_logits(model, batch).float().argmax(-1).tolist()   # (B,)
@@ -268,3 +327,157 @@ def predict(model, data: TaskDataset, sampler: OrderedBatchSampler, options: Loa
                        "answers": batch["answers"][i]}
     finally:
         model.train(was_training)
+
+
+# ------------------------------------------------------------------- evaluation (inf_vqa.py, evaluate.py)
+CHAR_BLEU_LANGS = ("ja", "zh")
+
+
+def parse_eval_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Predict and score VQA answers with a fine-tuned UC2 model.")
+    p.add_argument("--txt_db", required=True, help="VQA txt_db to answer")
+    p.add_argument("--output", required=True, help="predictions JSON file to write")
+    p.add_argument("--run_dir", default="", help="train_vqa.py output_dir (default source of the files below)")
+    p.add_argument("--img_db", default="", help="img_db (default: the run's val_img_db or first train_img_dbs)")
+    p.add_argument("--checkpoint", default="", help="model file (default: ckpt/model_best.pt, else the latest step)")
+    p.add_argument("--model_config", default="", help="model config JSON (default: RUN_DIR/model.json)")
+    p.add_argument("--ans2label", default="", help="answer vocabulary (default: RUN_DIR/ans2label.json)")
+    p.add_argument("--majority_answer", default=None, help="baseline answer (default: RUN_DIR/majority_answer.json)")
+    p.add_argument("--batch_size", type=int, default=10000, help="tokens per batch")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the run's")
+    p.add_argument("--bleu", choices=("auto", "on", "off"), default="auto", help="auto: for ja/zh questions")
+    p.add_argument("--lang", default="", help="question language (default: from the txt_db)")
+    p.add_argument("--setting", default="UC2 fine-tuned", help="setting name of the result row")
+    p.add_argument("--dataset", default="", help="dataset name of the result row (default: the txt_db name)")
+    return p.parse_args(list(argv))
+
+
+def _run_file(args: argparse.Namespace, explicit: str, name: str) -> Path:
+    """An explicitly given path, else ``RUN_DIR/name``; ConfigError when neither is available."""
+    if explicit:
+        return Path(explicit)
+    if not args.run_dir:
+        raise ConfigError(f"give --run_dir or the file explicitly (no default for {name})")
+    return Path(args.run_dir) / name
+
+
+def eval_run_config(args: argparse.Namespace) -> VQAConfig | None:
+    """The training run's config (region rule, precision, img_db), or None without ``--run_dir``."""
+    if not args.run_dir:
+        return None
+    return load_config(VQAConfig, Path(args.run_dir) / "hps.json")
+
+
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    """``--checkpoint``, else the run's best model, else its latest step's model."""
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    ckpt = CheckpointManager(_run_file(args, "", "ckpt"))
+    if (ckpt.dir / "model_best.pt").is_file():
+        return ckpt.dir / "model_best.pt"
+    step = ckpt.latest()
+    if step is None:
+        raise DataError(f"{ckpt.dir}: no model_best.pt and no complete step checkpoint to load")
+    return ckpt.dir / CheckpointManager.MODEL.format(step)
+
+
+def load_model(args: argparse.Namespace, num_answers: int, device: torch.device) -> UC2ForVQA:
+    """The fine-tuned model; the file must hold a VQA head of ``num_answers`` answers."""
+    config = UC2ModelConfig.from_json(_run_file(args, args.model_config, "model.json"))
+    model = UC2ForVQA(config, num_answers)
+    path = checkpoint_path(args)
+    report = load_uc2_checkpoint(model, path)  # a head of another size is a shape error naming the key
+    if report.missing:
+        raise DataError(f"{path}: no trained weights for {report.missing[:4]}: not a fine-tuned VQA model "
+                        f"(start train_vqa.py from it instead)")
+    return model.to(device).eval()
+
+
+def majority_answer(args: argparse.Namespace) -> str | None:
+    """The baseline answer: ``--majority_answer`` (a string), else RUN_DIR/majority_answer.json, else None."""
+    if args.majority_answer is not None:
+        return args.majority_answer
+    path = Path(args.run_dir) / "majority_answer.json" if args.run_dir else None
+    if path is None or not path.is_file():
+        return None
+    return str(json.loads(path.read_text(encoding="utf-8"))["answer"])
+
+
+def question_lang(args: argparse.Namespace, source) -> str:
+    """``--lang``, else the txt_db meta's ``lang``, else the first question's ``lang`` field ('' if none)."""
+    if args.lang:
+        return args.lang
+    txt = source.parts[0][0]
+    return str(txt.meta.get("lang") or (source.text(0).fields.get("lang") if len(source) else "") or "")
+
+
+def gather_predictions(model: UC2ForVQA, data: TaskDataset, args: argparse.Namespace, seed: int,
+                       precision: str, device: torch.device) -> list[dict]:
+    """Every question's prediction (see :func:`tasks.vqa.predict`), from all ranks, in data order."""
+    sampler = OrderedBatchSampler(data.source.lens, args.batch_size, seed=seed, rank=du.get_rank(),
+                                  world_size=du.get_world_size())
+    options = LoaderOptions(0, device.type == "cuda", device)
+    rows = list(predict(model, data, sampler, options, lambda: autocast(precision, device.type)))
+    gathered = [row for part in du.all_gather_object(rows) for row in part]
+    return sorted(gathered, key=lambda row: row["index"])
+
+
+def write_json_utf8(obj: Any, path: Path) -> None:
+    """JSON with non-ASCII answers kept readable (Japanese), written atomically (temp file + rename)."""
+    data = (json.dumps(obj, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def write_outputs(args: argparse.Namespace, preds: list[dict], result: dict | None) -> Path | None:
+    """Write the predictions and (when scored) the result row, each atomically; returns the scores path."""
+    out = Path(args.output)
+    write_json_utf8(preds, out)
+    if result is None:
+        return None
+    scores_path = out.with_name(out.stem + ".scores.json")
+    write_json_utf8(result, scores_path)
+    return scores_path
+
+
+def report(result: dict | None, n_pred: int, output: str) -> None:
+    """Print the counts and the VQA table (rank 0)."""
+    print(f"wrote {n_pred} predictions to {output}")
+    if result is None:
+        print("no gold answers in this txt_db: predictions only")
+        return
+    m = result["metrics"]
+    print(f"scored {int(m['n_questions'])} questions; {int(m['n_no_target'])} with every gold answer outside "
+          f"the answer vocabulary (scored 0, kept in the denominator); {int(m['n_unannotated'])} unannotated")
+    print(vqa_markdown([result]))
+
+
+def evaluate(argv: Sequence[str] | None = None) -> dict | None:
+    """``evaluate.py --task vqa`` (``inf_vqa.py``): predict, write, score; returns the result row ``{setting, dataset, lang, metrics}`` (None if unscored)."""
+    args = parse_eval_args(sys.argv[1:] if argv is None else argv)
+    du.init_distributed()
+    try:
+        cfg = eval_run_config(args) or VQAConfig(output_dir="", train_txt_dbs=[args.txt_db], train_img_dbs=[args.img_db])
+        label2ans = load_label2ans(_run_file(args, args.ans2label, "ans2label.json"))
+        ans2label = {a: i for i, a in enumerate(label2ans)}
+        img_db = args.img_db or cfg.val_img()
+        if not img_db:
+            raise ConfigError("--img_db: required when the run directory does not name one")
+        source = open_vqa_source([args.txt_db], [img_db], label2ans, run_context(cfg), None)
+        device = pick_device()
+        model = load_model(args, len(label2ans), device)
+        data = TaskDataset(source, VqaObjective(label2ans=label2ans))
+        rows = gather_predictions(model, data, args, cfg.seed, args.precision or cfg.precision, device)
+        lang = question_lang(args, source)
+        bleu = args.bleu == "on" or (args.bleu == "auto" and lang in CHAR_BLEU_LANGS)
+        metrics = score_predictions(rows, label2ans, ans2label, bleu, majority_answer(args))
+        result = None
+        if "vqa_score" in metrics:
+            result = {"setting": args.setting, "dataset": args.dataset or Path(args.txt_db).name.removesuffix(".db"),
+                      "lang": lang or "-", "metrics": metrics}
+        if du.is_main():
+            write_outputs(args, submission(rows, label2ans), result)
+            report(result, len(rows), args.output)
+        du.barrier()
+        return result
+    finally:
+        du.shutdown()

@@ -8,13 +8,16 @@ them and masks the other half's two sides independently, token by token.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from utils.errors import DataError
-from tasks.base import ExampleSource, ObjectiveSettings, text_example
+from tasks.base import ExampleSource, MaskingConfig, text_example
 from tasks.mlm import TokenPredictionObjective, apply_actions, draw_actions, mask_tokens
 from tasks.registry import register_task
+from utils.config import field
 from utils.errors import ConfigError
 
 MASK_MODES = ("full", "mix")
@@ -80,14 +83,21 @@ def paired_input(masked1: np.ndarray, masked2: np.ndarray, labels1: np.ndarray, 
     return torch.from_numpy(ids), torch.from_numpy(labels), len(masked1) + 2
 
 
-@register_task("vtlm", aliases=("tlm",))
+@dataclass
+class VtlmConfig(MaskingConfig):
+    """VTLM knobs: the masking probability and the co-masking mode."""
+
+    vtlm_mask_mode: str = field("mix", help=f"one of {MASK_MODES}: 'mix' = 50% co-masked, 'full' = all")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.vtlm_mask_mode not in MASK_MODES:
+            raise ConfigError(f"vtlm_mask_mode: expected one of {MASK_MODES}, got '{self.vtlm_mask_mode}'")
+
+
+@register_task("vtlm", config=VtlmConfig, aliases=("tlm",))
 class VtlmObjective(TokenPredictionObjective):
     """Co-masked (or, in "mix" mode, half independently masked) paired captions; CE on both sides."""
-
-    def __init__(self, settings: ObjectiveSettings):
-        if settings.vtlm_mask_mode not in MASK_MODES:
-            raise ConfigError(f"vtlm_mask_mode: expected one of {MASK_MODES}, got '{settings.vtlm_mask_mode}'")
-        super().__init__(settings)
 
     def _mask_pair(self, fields: dict, meta: dict, txt_id: str, rng: np.random.Generator):
         ids1, ids2 = fields["input_ids_lang1"], fields["input_ids_lang2"]

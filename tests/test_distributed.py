@@ -24,14 +24,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _launch_ranks(world: int, *extra: str) -> list[subprocess.Popen]:
-    """What torchrun would do: one process per rank with RANK/WORLD_SIZE/MASTER_* set."""
+def _launch_ranks(world: int, *extra: str, script: Path = TOY) -> list[subprocess.Popen]:
+    """What torchrun would do: one process per rank of ``script`` with RANK/WORLD_SIZE/MASTER_* set."""
     port = _free_port()
     procs = []
     for rank in range(world):
         env = dict(os.environ, PYTHONPATH=str(TOY.parents[1]), OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-        procs.append(subprocess.Popen([sys.executable, str(TOY), *extra], env=env, text=True,
+        procs.append(subprocess.Popen([sys.executable, str(script), *extra], env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     return procs
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from data.labels import LabelVocab
-from tasks.base import ExampleSource, ObjectiveSettings, mask_regions
+from tasks.base import ExampleSource, MaskingConfig, mask_regions
+from tasks.itm import ItmConfig
 from tasks.mlm import MlmObjective, mask_tokens
-from tasks.mrtm import MrtmObjective
-from tasks.vtlm import VtlmObjective, co_mask
+from tasks.mrtm import MrtmConfig, MrtmObjective
+from tasks.vtlm import VtlmConfig, VtlmObjective, co_mask
 
 MASK = 99_999
 META = {"CLS": 0, "SEP": 2, "MASK": MASK, "v_range": [5, 90_000]}
@@ -83,7 +84,7 @@ def test_mlm_always_at_least_one_target_on_short_captions():
 
 def test_mlm_example_same_seed_same_masks_and_wrapped_labels():
     source = source_of({"a": {"input_ids": list(range(100, 140)), "img_fname": "i0"}})
-    mlm = MlmObjective(ObjectiveSettings())
+    mlm = MlmObjective(MaskingConfig())
     one = mlm.build_example(source, 0, np.random.default_rng(123))
     two = mlm.build_example(source, 0, np.random.default_rng(123))
     other = mlm.build_example(source, 0, np.random.default_rng(124))
@@ -101,7 +102,7 @@ def test_itm_negatives_are_other_images_with_the_configured_rate():
     from tasks.itm import ItmObjective
     examples = {f"c{k}": {"input_ids": [5, 6, 7], "img_fname": f"i{k}"} for k in range(4)}
     source = source_of(examples)
-    itm = ItmObjective(ObjectiveSettings(itm_neg_prob=0.3))
+    itm = ItmObjective(ItmConfig(neg_prob=0.3))
     own = source.image(0, "i1")["img_feat"]
     negatives, drawn = 0, set()
     for seed in range(400):
@@ -174,7 +175,7 @@ def paired_source():
 
 
 def test_vtlm_example_layout_positions_and_full_mode():
-    vtlm = VtlmObjective(ObjectiveSettings(vtlm_mask_mode="full"))
+    vtlm = VtlmObjective(VtlmConfig(vtlm_mask_mode="full"))
     ex = vtlm.build_example(paired_source(), 0, np.random.default_rng(5))
     ids, labels = ex["input_ids"], ex["txt_labels"]
     assert len(ids) == 7 + 5 + 4
@@ -187,7 +188,7 @@ def test_vtlm_example_layout_positions_and_full_mode():
 
 
 def test_vtlm_mix_mode_masks_some_examples_independently():
-    vtlm = VtlmObjective(ObjectiveSettings(vtlm_mask_mode="mix"))
+    vtlm = VtlmObjective(VtlmConfig(vtlm_mask_mode="mix"))
     source, unexplained = paired_source(), 0
     for seed in range(200):
         labels = vtlm.build_example(source, 0, np.random.default_rng(seed))["txt_labels"]
@@ -201,11 +202,11 @@ def test_vtlm_bad_mode_and_bad_word_positions_raise():
     from utils.errors import ConfigError
     from utils.errors import DataError
     with pytest.raises(ConfigError, match="vtlm_mask_mode"):
-        VtlmObjective(ObjectiveSettings(vtlm_mask_mode="half"))
+        VtlmConfig(vtlm_mask_mode="half")
     source = paired_source()
     source.parts[0][0].examples["p0"]["word2ids_lang2"] = [[0], [1], [2, 9], [4]]
     with pytest.raises(DataError, match=r"p0: word2ids_lang2\[2\]"):
-        VtlmObjective(ObjectiveSettings(vtlm_mask_mode="full")).build_example(source, 0, np.random.default_rng(0))
+        VtlmObjective(VtlmConfig(vtlm_mask_mode="full")).build_example(source, 0, np.random.default_rng(0))
 
 
 # --- MRTM targets --------------------------------------------------------------------------------
@@ -234,7 +235,7 @@ def test_mrtm_target_is_a_subtoken_of_the_top1_class_word_in_the_caption_languag
     vocab = LabelVocab.load(tmp_path, ["en", "de"], 6, tok)
     examples = {"c0": {"input_ids": [5, 6, 7], "img_fname": "i0", "lang": "de"}}
     source = source_of(examples, n_regions=8)
-    mrtm = MrtmObjective(ObjectiveSettings(label_vocab=vocab))
+    mrtm = MrtmObjective(MrtmConfig(), vocab)
     soft = source.parts[0][1].images["i0"]["soft_labels"]
     seen = set()
     for seed in range(60):

@@ -8,7 +8,9 @@ import torch
 from utils.errors import DataError
 from data.img_db import ImgDb, ImgDbWriter
 from data.labels import LabelVocab
-from tasks.base import ObjectiveSettings
+from tasks.base import MaskingConfig
+from tasks.mrtm import MrtmConfig
+from tasks.vtlm import VtlmConfig
 from tasks.build import build_pretrain_tasks
 from tasks.registry import TaskRegistry, get_task, known_tasks
 from data.txt_db import TxtDb, TxtDbWriter
@@ -119,6 +121,27 @@ def test_registry_aliases_and_errors_list_known_names():
 def test_unknown_task_in_config_names_the_key_path(data_dir):
     with pytest.raises(ConfigError, match=r"train_datasets\[0\]\.tasks\[1\]: unknown task 'mmm'"):
         build_pretrain_tasks(run_config(data_dir, tasks=("mlm", "mmm")), PieceTokenizer())
+
+
+@pytest.mark.parametrize("name", ["itm_rank", "vqa"])
+def test_fine_tuning_task_in_a_pretraining_dataset_is_a_config_error(data_dir, name):
+    with pytest.raises(ConfigError, match=rf"train_datasets\[0\]\.tasks\[1\]: task '{name}' cannot be listed "
+                                          rf"here \(pretrain\); it is a run task.*'mlm'"):
+        build_pretrain_tasks(run_config(data_dir, tasks=("mlm", name)), PieceTokenizer())
+
+
+def test_nested_task_config_sets_its_knobs_and_run_keys_stay_the_defaults(data_dir):
+    cfg = run_config(data_dir, tasks=("mlm", {"task": "itm", "neg_prob": 0.0}))
+    cfg.itm_neg_prob, cfg.mask_prob = 0.9, 0.3
+    built = {t.name: t for t in build_pretrain_tasks(cfg, PieceTokenizer())}
+    assert built["itm_cap_de"].objective.settings.neg_prob == 0.0
+    assert built["mlm_cap_de"].objective.settings.mask_prob == 0.3  # from the run config's mask_prob
+    assert all(bool(batch["targets"].eq(1).all()) for batch in islice(built["itm_cap_de"].train_batches(0), 3))
+
+
+def test_unknown_knob_of_a_nested_task_config_names_its_key_path(data_dir):
+    with pytest.raises(ConfigError, match=r"unknown config key 'train_datasets\[0\]\.tasks\[0\]\.mask_prb'"):
+        build_pretrain_tasks(run_config(data_dir, tasks=({"task": "mlm", "mask_prb": 0.2},)), PieceTokenizer())
 
 
 # --- builder ---------------------------------------------------------------------------------------
@@ -271,7 +294,7 @@ def test_collate_and_heads_reproduce_original_outputs(orig_fixtures):
             img_masks[k][reg] = True
         plain["img_masks"] = torch.nn.utils.rnn.pad_sequence(img_masks, batch_first=True)
         plain["img_mask_tgt"] = img_mask_target(img_masks, plain["txt_lens"], plain["attn_masks"].size(1))
-        scores = model.cls(get_task("mrtm")(ObjectiveSettings()).masked_hidden(model, plain))
+        scores = model.cls(get_task("mrtm")(MrtmConfig()).masked_hidden(model, plain))
         assert (scores - torch.from_numpy(arrays["mrtm_scores"])).abs().max() < 1e-4
 
         vt = cases["vtlm"]
@@ -289,7 +312,7 @@ def test_original_txt_db_paired_example_co_masks_by_its_integer_keyed_alignment(
     txt = TxtDb(orig_fixtures / "txt_db" / "demo.db")
     source = ExampleSource([(txt, ImgDb(orig_fixtures / "img_db" / "demo_imgs"))])
     index = txt.ids.index("p0")
-    vtlm = get_task("tlm")(ObjectiveSettings(vtlm_mask_mode="full", mask_prob=0.5))
+    vtlm = get_task("tlm")(VtlmConfig(vtlm_mask_mode="full", mask_prob=0.5))
     # p0: EN [10, 11 12] / X [20] [21], alignment {0: [1], 1: [0]}
     for seed in range(40):
         ex = vtlm.build_example(source, index, np.random.default_rng(seed))
@@ -299,6 +322,6 @@ def test_original_txt_db_paired_example_co_masks_by_its_integer_keyed_alignment(
         en0, en1 = labels[1] != -1, labels[2] != -1
         assert (labels[3] != -1) == en1  # word 1 = tokens 11 12, masked whole
         assert (labels[6] != -1) == en1 and (labels[7] != -1) == en0  # X word 0 <- EN 1, X word 1 <- EN 0
-    mlm = get_task("mlm")(ObjectiveSettings())
+    mlm = get_task("mlm")(MaskingConfig())
     ex = mlm.build_example(source, txt.ids.index("0"), np.random.default_rng(0))
     assert ex["input_ids"][0] == 0 and ex["input_ids"][-1] == 2 and ex["img_feat"].shape[1] == 40

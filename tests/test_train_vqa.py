@@ -17,6 +17,7 @@ import pytest
 from utils.errors import DataError
 from data.img_db import ImgDbWriter
 from data.txt_db import TxtDbWriter
+from evaluation.vqa_metrics import score_predictions
 
 COLOURS = ("red", "blue", "green", "yellow")
 COLOUR_P = (0.4, 0.2, 0.2, 0.2)
@@ -188,7 +189,7 @@ def test_score_counts_oov_and_target_only_questions_by_hand():
             row(1, [1, 0], [0.6, 0.3], []),             # no strings (original db): soft score 0.6 only
             row(2, [], [], ["purple"] * 10),            # every answer outside the vocabulary: 0
             row(3, [], [], [])]                         # unannotated (test split): not scored
-    m = inf_vqa.score(rows, list(COLOURS), ANS2LABEL, bleu=False, majority="red")
+    m = score_predictions(rows, list(COLOURS), ANS2LABEL, bleu=False, majority="red")
     assert m["n_questions"] == 3 and m["n_no_target"] == 1 and m["n_unannotated"] == 1
     assert m["vqa_score"] == pytest.approx(100 * 1.6 / 3)
     assert m["majority_vqa_score"] == pytest.approx(100 * 1.3 / 3)

@@ -69,14 +69,25 @@ def test_txt_db_built_with_another_vocabulary_is_refused(tmp_path):
         check_db_vocab(txt, LABEL2ANS[:3])
 
 
+class _NoBackbone(nn.Module):
+    """A backbone stand-in: (B, 1, 1) zeros as the sequence output; the pooler takes position 0."""
+
+    def forward(self, input_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return torch.zeros(len(input_ids), 1, 1)
+
+    def pooler(self, sequence: torch.Tensor) -> torch.Tensor:
+        return sequence[:, 0]
+
+
 class FixedLogits(nn.Module):
-    """Stand-in model: returns preset (B, K) logits whatever the inputs."""
+    """Stand-in model whose ``vqa_output`` head returns preset (B, K) logits whatever the inputs."""
 
     def __init__(self, logits: torch.Tensor):
         super().__init__()
         self.logits = logits
+        self.roberta = _NoBackbone()
 
-    def forward(self, *args) -> torch.Tensor:
+    def vqa_output(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.logits
 
 
@@ -104,9 +115,10 @@ def test_validation_counts_all_oov_question_as_zero():
 
 
 def test_objective_needs_its_answer_vocabulary():
-    from tasks.registry import get_task
+    from tasks.registry import RUN, get_task, task_spec
+    from tasks.vqa import build_vqa
 
-    assert get_task("vqa") is VqaObjective
+    assert get_task("vqa") is build_vqa and task_spec("vqa").places == {RUN}
     with pytest.raises(ConfigError, match="needs its answer vocabulary"):
         VqaObjective()
 

@@ -151,6 +151,38 @@ def test_strict_heads_rejects_unknown_leftovers():
         load_uc2_checkpoint(tiny(), state, strict_heads=True)
 
 
+def test_missing_and_unused_keys_are_judged_by_the_heads_tasks_declare():
+    """Missing keys are fine only in heads the model was built to train (declared by a task of the run);
+    unused keys only in heads some registered task declares (``known_heads``)."""
+    from model.heads import itm_head, mlm_head
+    from model.model import UC2WithHeads
+
+    state = save_uc2_state_dict(tiny(seed=1))
+    del state["itm_output.weight"], state["itm_output.bias"]
+    state["itc_proj.weight"] = torch.zeros(3, 16)
+    torch.manual_seed(0)
+    declared = UC2WithHeads(UC2ModelConfig(**TINY), {"cls": mlm_head, "itm_output": itm_head}, fresh=["itm_output"])
+    report = load_uc2_checkpoint(declared, state, strict_heads=True, known_heads=["itc_proj"])
+    assert report.missing == ["itm_output.weight", "itm_output.bias"]
+    assert {"itc_proj.weight", "region_classifier.net.0.weight"} <= set(report.unexpected)
+    torch.manual_seed(0)
+    undeclared = UC2WithHeads(UC2ModelConfig(**TINY), {"cls": mlm_head, "itm_output": itm_head})
+    with pytest.raises(DataError, match=r"strict_heads: missing \['itm_output.weight', 'itm_output.bias'\], "
+                                        r"unused \['itc_proj.weight'\]"):
+        load_uc2_checkpoint(undeclared, state, strict_heads=True)
+
+
+def test_heads_are_children_named_by_checkpoint_key_in_released_order():
+    from model.heads import PRETRAIN_HEADS, rank_head
+    from model.model import UC2WithHeads
+
+    model = UC2WithHeads(UC2ModelConfig(**TINY), {"rank_output": rank_head, **PRETRAIN_HEADS})
+    assert model.head_names == ("cls", "itm_output", "region_classifier", "feat_regress", "rank_output")
+    assert list(model.heads) == list(model.head_names) and model.heads["cls"] is model.cls
+    assert [k for k in model.state_dict() if not k.startswith("roberta.")][0] == "cls.bias"
+    assert set(tiny().state_dict()) == {k for k in model.state_dict() if not k.startswith("rank_output.")}
+
+
 def test_init_from_xlmr_maps_lm_head_into_cls(tmp_path):
     """A pytorch_model.bin in HF layout (``roberta.*`` + ``lm_head.*``) fills cls.dense/layer_norm/bias."""
     src = save_uc2_state_dict(tiny(seed=1))

@@ -111,8 +111,3 @@ def _earlier_languages(path: str) -> list[str]:
     from model.weights import read_state_file
     langs = {k.split(".")[1] for k in read_state_file(path) if k.startswith("acquirers.")}
     return sorted(langs)
-
-
-def le_temperature(cfg: DualRunConfig, native: DualEncoder) -> float:
-    """LE's fixed temperature: the configured one, or (<= 0) the native model's learned one, frozen."""
-    return cfg.le_temperature if cfg.le_temperature > 0 else float(1.0 / native.logit_scale.detach().exp())

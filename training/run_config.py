@@ -6,7 +6,7 @@ over through :func:`utils.config.adapt_original_config`. Fine-tuning configs sub
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Union
 
 from utils.config import field
 from utils.errors import ConfigError
@@ -69,7 +69,9 @@ class DatasetSpec:
     name: str = field(help="source name, e.g. 'coco_en'; task names are '{task}_{name}'")
     db: list[str] = field(help="txt_db directories")
     img: list[str] = field(help="img_db directories (one per db entry, or one for all)")
-    tasks: list[str] = field(help="registered task names, e.g. ['itm', 'mlm', 'vmlm', 'tlm']")
+    tasks: list[Union[str, dict[str, Any]]] = field(
+        help="registered pretraining tasks: names (['itm', 'mlm', 'vmlm', 'tlm']) or nested task configs "
+             "({'task': 'mrtm', 'mask_prob': 0.15}); knobs not set come from the keys below")
     mix_ratio: list[float] = field(default_factory=list, help="draw weight per task (same length as tasks)")
 
     def __post_init__(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -50,13 +50,15 @@ def resolve_model_config(cfg, feat_dim: int, label_dim: int | None, xlmr_dir: st
     return UC2ModelConfig.from_dict(values, source=cfg.model_config or "model config")
 
 
-def init_weights(model: nn.Module, cfg, xlmr_dir: str = "", partial: tuple[str, ...] = ()) -> None:
+def init_weights(model: nn.Module, cfg, xlmr_dir: str = "", partial: tuple[str, ...] = (),
+                 known_heads: Iterable[str] = ()) -> None:
     """Initial weights: a UC2 checkpoint (``cfg.checkpoint``) if given, else a Hugging Face XLM-R folder,
-    else the fresh initialisation; then each file in ``partial`` (e.g. an Early Adaptation result)."""
+    else the fresh initialisation; then each file in ``partial`` (e.g. an Early Adaptation result).
+    ``known_heads``: heads any registered task declares (not reported as unknown when left over)."""
     from model.weights import init_from_xlmr, load_uc2_checkpoint  # local: keeps script start-up light
 
     if cfg.checkpoint:
-        load_uc2_checkpoint(model, cfg.checkpoint)
+        load_uc2_checkpoint(model, cfg.checkpoint, known_heads=known_heads)
     elif xlmr_dir:
         init_from_xlmr(model, xlmr_dir)  # logs what it loaded
     else:

@@ -6,6 +6,8 @@ Examples:
     python prepro.py vqa --input vqa_val.jsonl --output txt/vqa_val.db --tokenizer xlmr/ \\
         --ans2label txt/vqa_train.db/ans2label.json
     python prepro.py paired --input cc_en_de.jsonl --align cc_en_de.align --output txt/cc_en_de.db --tokenizer xlmr/
+    python prepro.py parallel --input en_de.tsv --lang2 de --output txt/en-de.db --tokenizer xlmr/ \
+        [--native_tokenizer clip_folder/]      # MLA's NLT pairs from a TSV: id, English, X[, img_fname]
 
 Input formats and stored fields: see ``data/prepro.py``. Without an alignment file, ``scripts/align_words.py``
 computes one. Prints a summary (examples written, dropped and why, token counts) at the end.
@@ -57,12 +59,35 @@ def build_parser() -> argparse.ArgumentParser:
     paired.add_argument("--output", required=True, type=Path, help="the .db folder to write")
     paired.add_argument("--no_space_langs", nargs="*", default=sorted(DEFAULT_NO_SPACE_LANGS),
                         help="languages written without spaces (their words are joined without ▁)")
+    par = subs.add_parser("parallel", help="English-X TSV (id, en, x[, img_fname]) -> one txt_db for MLA's NLT")
+    par.add_argument("--input", required=True, type=Path, help="TSV file")
+    par.add_argument("--output", required=True, type=Path, help="the .db folder to write")
+    par.add_argument("--tokenizer", required=True, type=Path, help="the non-native (multilingual) tokenizer")
+    par.add_argument("--lang2", required=True, help="language of the third column")
+    par.add_argument("--lang1", default="en", help="the native language (second column)")
+    par.add_argument("--native_tokenizer", type=Path,
+                     help="local HF tokenizer folder of the native model (e.g. CLIP's BPE) for the English side")
+    par.add_argument("--overwrite", action="store_true", help="replace an existing output database")
+    par.add_argument("--summary_json", type=Path, help="also write the summary as JSON to this file")
     return parser
+
+
+def _native_tokenizer(folder: Path | None):
+    """``text -> ids`` with the native model's specials, from a local HF tokenizer folder (offline)."""
+    if folder is None:
+        return None
+    from transformers import AutoTokenizer
+    hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return lambda text: hf(text, truncation=True, max_length=hf.model_max_length)["input_ids"]
 
 
 def run(args: argparse.Namespace) -> dict:
     """Dispatch to the library builder chosen by ``args.command``; returns its summary."""
     check_output_dir(args.output, "--output")  # a file there, or no write access: say so before tokenizing
+    if args.command == "parallel":
+        from data.mla_prepro import build_parallel_db_from_tsv
+        return build_parallel_db_from_tsv(args.input, args.output, args.tokenizer, args.lang2, args.lang1,
+                                          _native_tokenizer(args.native_tokenizer), args.overwrite)
     common = dict(img_db=args.img_db, drop_unknown_images=args.drop_unknown_images, drop_empty=args.drop_empty,
                   max_txt_len=args.max_txt_len, overwrite=args.overwrite, progress=not args.no_progress)
     if args.command == "captions":

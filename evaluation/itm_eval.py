@@ -474,10 +474,19 @@ def evaluate_sets(model, specs: Sequence[Any], settings: ScoreSettings, setting:
     Returns:
         ``[{"setting", "dataset", "lang", "name", "metrics"}, ...]`` in the order of ``specs``.
     """
+    return measure_sets(specs, setting, open_set, lambda spec, dataset: score_matrix(model, dataset, settings),
+                        out_dir, save)
+
+
+def measure_sets(specs: Sequence[Any], setting: str, open_set: Callable[[Any], RetrievalSet],
+                 score: Callable[[Any, RetrievalSet], np.ndarray], out_dir: Path | None = None,
+                 save: bool = True) -> list[dict[str, Any]]:
+    """The part of :func:`evaluate_sets` that any scorer shares (the dual encoder's too): ``score(spec,
+    dataset)`` gives the (n_txt, n_img) matrix; score files, folds and metrics are handled here, once."""
     results = []
     for spec in specs:
         dataset = open_set(spec)
-        scores = score_matrix(model, dataset, settings)
+        scores = score(spec, dataset)
         if save and out_dir is not None and du.is_main():
             save_scores(Path(out_dir) / f"scores_{spec.name}.npz", scores, dataset)
         folds = read_fold_file(spec.fold_file, dataset) if getattr(spec, "fold_file", "") else None

@@ -92,19 +92,35 @@ def _img2txt_ranks(s: np.ndarray, t: np.ndarray) -> np.ndarray:
     return n_ge - own_ge
 
 
-def retrieval_recalls(scores: Any, txt2img: Any, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+def _grouped_img2txt_ranks(s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """MLA's image->text ranking: each image's CAPTION GROUPS compete, a group scoring with its best caption.
+    0-based rank of the own group among the n_img groups, ties against it.  Returns (n_img,)."""
+    n_img = s.shape[1]
+    group = np.full((n_img, n_img), -np.inf)                  # (query image, caption group)
+    np.maximum.at(group.T, t, s.astype(np.float64))           # group[j, g] = max score of g's captions for j
+    own = group[np.arange(n_img), np.arange(n_img)]
+    return (group >= own[:, None]).sum(axis=1) - 1
+
+
+def retrieval_recalls(scores: Any, txt2img: Any, ks: Sequence[int] = DEFAULT_KS,
+                      img2txt: str = "standard") -> dict[str, float]:
     """Recall@K for image->text (``img_rK``) and text->image (``txt_rK``), and AR (``r_mean``), in percent.
 
     Args:
         scores: (n_txt, n_img) numpy array or torch tensor, higher = more likely a match.
         txt2img: (n_txt,) integer index of each caption's image (a column of ``scores``).
         ks: the cut-offs K.
+        img2txt: "standard" (an own caption among the K best captions; UC2's) or "grouped" (MLA's code:
+            the own caption group among the K best groups). R@1 is the same; grouped R@5/10 can only be
+            >= standard, and both are equal with one caption per image. State which one a table uses.
     Returns:
         ``img_r{K}``, ``txt_r{K}`` for each K, ``r_mean`` (mean of those), ``n_txt``, ``n_img``.
     Ties are broken against the correct item (see the module docstring).
     """
+    if img2txt not in ("standard", "grouped"):
+        raise ValueError(f"img2txt: expected 'standard' or 'grouped', got {img2txt!r}")
     s, t = _check_inputs(scores, txt2img, ks)
-    img_rank = _img2txt_ranks(s, t)                           # (n_img,)
+    img_rank = _img2txt_ranks(s, t) if img2txt == "standard" else _grouped_img2txt_ranks(s, t)  # (n_img,)
     txt_rank = _txt2img_ranks(s, t)                           # (n_txt,)
     return _assemble(img_rank, txt_rank, ks)
 

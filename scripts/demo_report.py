@@ -47,7 +47,7 @@ def retrieval_results(demo_dir: Path) -> list[dict]:
     return rows
 
 
-def chance_rows(demo_dir: Path, seeds: int = 20) -> list[dict]:
+def chance_rows(demo_dir: Path, seeds: int = 20, runs: Sequence[str] = tuple(RETRIEVAL_RUNS)) -> list[dict]:
     """A "random scores" row per language: the mean AR of random score matrices with the test set's own
     caption-to-image map (from a run's saved ``scores_*.npz``), i.e. chance level for these test sets."""
     import numpy as np
@@ -55,7 +55,7 @@ def chance_rows(demo_dir: Path, seeds: int = 20) -> list[dict]:
     from evaluation.retrieval_metrics import retrieval_recalls
 
     rows = []
-    for run in RETRIEVAL_RUNS:
+    for run in runs:
         files = sorted((demo_dir / run / "results").glob("scores_*.npz"))
         for path in files:
             with np.load(path, allow_pickle=False) as saved:

@@ -105,6 +105,11 @@ def stages() -> list[Stage]:
                             "--out", str(p.demo_dir / "nopt")),
               lambda p: p.demo_dir / "nopt" / "model_final.pt"),
         *[stage for setting in ("en_only", "all_lang") for stage in _retrieval_stages(setting)],
+        # After UC2's retrieval runs, so that the MLA report puts their rows beside its own.
+        Stage("MLA: frozen English dual encoder + language acquirers",
+              lambda p: _py(str(REPO_ROOT / "scripts" / "mla_demo.py"), "--demo_dir", str(p.demo_dir),
+                            "--results", str(p.results), "--profile", p.profile),
+              lambda p: p.demo_dir / "mla" / "report.json"),
         *[stage for lang in ("en", "ja") for stage in _vqa_stages(lang)],
     ]
 

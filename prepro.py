@@ -6,6 +6,8 @@ Examples:
     python prepro.py vqa --input vqa_val.jsonl --output txt/vqa_val.db --tokenizer xlmr/ \\
         --ans2label txt/vqa_train.db/ans2label.json
     python prepro.py paired --input cc_en_de.jsonl --align cc_en_de.align --output txt/cc_en_de.db --tokenizer xlmr/
+    python prepro.py multi30k --input multi30k-dataset/data/task1/raw --src en --tgt de --output txt/ \
+        --tokenizer xlmr/ --img_db img/multi30k [--seed_preprocess]
 
 Input formats and stored fields: see ``data/prepro.py``. Without an alignment file, ``scripts/align_words.py``
 computes one. Prints a summary (examples written, dropped and why, token counts) at the end.
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 from data.errors import DataError
+from data.multi30k import M30K_SPLITS, build_multi30k
 from data.prepro import (DEFAULT_MAX_TXT_LEN, DEFAULT_NUM_ANSWERS, build_caption_dbs, build_paired_db,
                          build_vqa_db, format_summary)
 from data.tokenizer import DEFAULT_NO_SPACE_LANGS
@@ -56,7 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     paired.add_argument("--output", required=True, type=Path, help="the .db folder to write")
     paired.add_argument("--no_space_langs", nargs="*", default=sorted(DEFAULT_NO_SPACE_LANGS),
                         help="languages written without spaces (their words are joined without ▁)")
+    _multi30k_parser(subs)
     return parser
+
+
+def _multi30k_parser(subs) -> None:
+    m30k = subs.add_parser("multi30k", help="Multi30K text + image splits -> parallel txt_dbs, one per split "
+                                            "(OUTPUT/multi30k_{src}-{tgt}_{split}.db)")
+    _common(m30k)
+    m30k.add_argument("--output", required=True, type=Path, help="folder receiving the .db dirs")
+    m30k.add_argument("--src", required=True, help="source language (file suffix), e.g. en")
+    m30k.add_argument("--tgt", required=True, help="target language (file suffix), e.g. de or fr")
+    m30k.add_argument("--splits", nargs="+", default=list(M30K_SPLITS), help="split names (file stems)")
+    m30k.add_argument("--image_splits", type=Path, help="folder of {split}.txt image lists (default INPUT/image_splits)")
+    m30k.add_argument("--max_len", type=int, default=100, help="train: drop pairs with more tokens on a side")
+    m30k.add_argument("--seed_preprocess", action="store_true",
+                      help="the VTLM seed's text pipeline (Moses punctuation normalisation and tokenisation, "
+                           "lowercase, accents stripped) before tokenising, for comparable BLEU")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -68,6 +87,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "vqa":
         return build_vqa_db(args.input, args.output, args.tokenizer, ans2label=args.ans2label,
                             top_k=args.num_answers, **common)
+    if args.command == "multi30k":
+        return build_multi30k(args.input, args.output, args.tokenizer, args.src, args.tgt, splits=args.splits,
+                              image_splits=args.image_splits, img_db=args.img_db,
+                              drop_unknown_images=args.drop_unknown_images, max_len=args.max_len,
+                              preprocess=args.seed_preprocess, overwrite=args.overwrite)
     return build_paired_db(args.input, args.align, args.output, args.tokenizer,
                            no_space_langs=args.no_space_langs, **common)
 
@@ -79,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:
         print(f"prepro.py {args.command}: error: {err}", file=sys.stderr)
         return 2
-    print(format_summary(summary))
+    print(format_summary(summary) if args.command != "multi30k" else json.dumps(summary, indent=2))
     if args.summary_json is not None:
         args.summary_json.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return 0

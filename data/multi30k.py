@@ -87,7 +87,7 @@ def read_split(text_dir: Path, image_dir: Path, split: str, langs: Sequence[str]
     return columns[:-1], columns[-1]
 
 
-def _image_key(name: str, img_names: frozenset[str] | None, where: str) -> str | None:
+def _image_key(name: str, img_names: frozenset[str] | None) -> str | None:
     """The img_db key of an image file name: the name itself or its stem; None if the db has neither."""
     if img_names is None or name in img_names:
         return name
@@ -95,6 +95,13 @@ def _image_key(name: str, img_names: frozenset[str] | None, where: str) -> str |
     if stem in img_names:
         return stem
     return None
+
+
+def _check_images(images: list[str], img_names: frozenset[str] | None, path: Path) -> None:
+    for lineno, image in enumerate(images, start=1):
+        if _image_key(image.strip(), img_names) is None:
+            raise DataError(f"{path}, line {lineno}: image {image.strip()!r} is not in the img_db (nor its stem); "
+                            f"use --drop_unknown_images to skip such lines")
 
 
 def db_path(out_dir: str | os.PathLike, src: str, tgt: str, split: str) -> Path:
@@ -126,9 +133,9 @@ def _keep(value: dict, max_len: int, filter_long: bool, counts: _Counts) -> bool
 
 
 def build_split(text_dir: Path, image_dir: Path, split: str, src: str, tgt: str, out_db: Path, tok, *,
-                img_names: frozenset[str] | None, drop_unknown_images: bool, max_len: int, preprocess: bool,
+                img_names: frozenset[str] | None, max_len: int, preprocess: bool,
                 no_space: Iterable[str], overwrite: bool) -> dict[str, int]:
-    """Convert one split; returns its counts."""
+    """Convert one split (lines whose image the img_db lacks are dropped and counted); returns its counts."""
     from data.prepro import make_meta
     from data.txt_db import TxtDbWriter
 
@@ -141,11 +148,8 @@ def build_split(text_dir: Path, image_dir: Path, split: str, src: str, tgt: str,
             if not texts[0] or not texts[1]:
                 counts.empty += 1
                 continue
-            key = _image_key(image.strip(), img_names, f"{image_dir / split}.txt, line {lineno}")
+            key = _image_key(image.strip(), img_names)
             if key is None:
-                if not drop_unknown_images:
-                    raise DataError(f"{image_dir / split}.txt, line {lineno}: image {image.strip()!r} is not in "
-                                    f"the img_db (nor its stem); use --drop_unknown_images to skip such lines")
                 counts.unknown_image += 1
                 continue
             value = _example(tok, texts, (src, tgt), key, no_space)
@@ -168,15 +172,17 @@ def build_multi30k(text_dir: str | os.PathLike, out_dir: str | os.PathLike, toke
 
     text_dir = Path(text_dir)
     image_dir = Path(image_splits) if image_splits else text_dir / "image_splits"
-    for split in splits:  # fail before writing anything
-        read_split(text_dir, image_dir, split, (src, tgt))
-    tok = _as_tokenizer(tokenizer)
     img_names = load_img_names(img_db) if img_db is not None else None
+    for split in splits:  # fail before writing anything
+        _, images = read_split(text_dir, image_dir, split, (src, tgt))
+        if not drop_unknown_images:
+            _check_images(images, img_names, image_dir / f"{split}.txt")
+    tok = _as_tokenizer(tokenizer)
     summary = {}
     for split in splits:
         out_db = db_path(out_dir, src, tgt, split)
         summary[split] = build_split(text_dir, image_dir, split, src, tgt, out_db, tok, img_names=img_names,
-                                     drop_unknown_images=drop_unknown_images, max_len=max_len,
+                                     max_len=max_len,
                                      preprocess=preprocess, no_space=frozenset(no_space_langs),
                                      overwrite=overwrite)
         summary[split]["db"] = str(out_db)

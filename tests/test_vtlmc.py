@@ -10,16 +10,9 @@ from data.tasks.base import ObjectiveSettings
 from data.tasks.vtlmc import (REGION_KEEP, REGION_MASK, REGION_NONE, REGION_RANDOM, TlmcObjective, VtlmcObjective,
                               draw_region_actions, mask_text, pair_sequence, replace_random_regions)
 from model.xlm import XlmConfig, XlmModel
+from tests.helpers_mmt import one_thread  # noqa: F401 (autouse fixture)
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tests share 2 cores; more torch threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 META = {"CLS": 0, "SEP": 2, "MASK": 99, "v_range": (5, 99)}

@@ -101,6 +101,18 @@ def replace_random_regions(img_feat: torch.Tensor, actions: torch.Tensor, picks:
     return out
 
 
+def collate_xlm(examples: list[dict]) -> dict:
+    """:func:`data.collate.collate_backbone` plus the seed model's keys: ``txt_mask`` (B, Lt) bool,
+    ``img_valid`` (B, Ni) bool, ``side_ids`` (B, Lt) (-1 on padding) and ``pair_langs`` (per example)."""
+    batch = collate_backbone(examples)
+    lt, ni = batch["input_ids"].size(1), batch["img_feat"].size(1)
+    batch["txt_mask"] = torch.arange(lt)[None, :] < torch.tensor(batch["txt_lens"])[:, None]
+    batch["img_valid"] = torch.arange(ni)[None, :] < torch.tensor(batch["num_bbs"])[:, None]
+    batch["side_ids"] = pad_sequences([ex["side_ids"] for ex in examples], pad=-1)
+    batch["pair_langs"] = [ex["pair_langs"] for ex in examples]
+    return batch
+
+
 @register_task("vtlmc")
 class VtlmcObjective(Objective):
     """TLM + masked region classification on paired captions with their image (the MMT seed's VTLM)."""
@@ -154,12 +166,7 @@ class VtlmcObjective(Objective):
         """Backbone keys (data/collate.py) plus the seed model's keys: ``txt_mask`` (B, Lt) bool,
         ``side_ids`` (B, Lt) (-1 on padding), ``pair_langs``, ``img_valid`` (B, Ni) bool; targets:
         ``txt_labels`` (B, Lt), ``region_masked``/``region_target`` (B, Ni) bool, ``region_labels`` (m,)."""
-        batch = collate_backbone(examples)
-        lt, ni = batch["input_ids"].size(1), batch["img_feat"].size(1)
-        batch["txt_mask"] = torch.arange(lt)[None, :] < torch.tensor(batch["txt_lens"])[:, None]
-        batch["img_valid"] = torch.arange(ni)[None, :] < torch.tensor(batch["num_bbs"])[:, None]
-        batch["side_ids"] = pad_sequences([ex["side_ids"] for ex in examples], pad=-1)
-        batch["pair_langs"] = [ex["pair_langs"] for ex in examples]
+        batch = collate_xlm(examples)
         batch["txt_labels"] = pad_labels([ex["txt_labels"] for ex in examples])
         if not self.evaluation and (batch["txt_labels"] == -1).all():  # a batch needs one target
             batch["txt_labels"][0, 1] = batch["input_ids"][0, 1]

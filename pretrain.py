@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""UC2 pretraining: MLM, ITM, MRTM and VTLM (plus the MRC/MRFR ablations) mixed by ``mix_ratio``.
+"""UC2 pretraining: MLM, ITM, MRTM and VTLM (plus the MRC/MRFR ablations) mixed by ``mix_ratio``; and the
+MMT seed's VTLM-C / TLM pretraining (tasks ``vtlmc`` / ``tlmc``) when ``model_config`` names an
+``"architecture": "xlm"`` config (``config/vtlmc_demo.json``).
 
     python pretrain.py --config config/uc2_pretrain.json [--key value ...]
     torchrun --nproc_per_node 8 pretrain.py --config config/uc2_pretrain.json
@@ -24,6 +26,7 @@ def build_trainer(cfg, callbacks: Sequence[Callable] = ()):
     from data.tasks.build import build_pretrain_tasks
     from data.tokenizer import load_tokenizer
     from model.model import UC2ForPretraining
+    from model.xlm import XlmModel, is_xlm_config_file, load_xlm_checkpoint, resolve_xlm_config
     from utils.config import ConfigError
     from utils.setup import init_weights, pick_device, resolve_model_config, start_run
     from utils.trainer import Trainer
@@ -34,6 +37,16 @@ def build_trainer(cfg, callbacks: Sequence[Callable] = ()):
     device = pick_device()
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.xlmr_dir)
     first_img = ImgDb(cfg.train_datasets[0].img[0], cfg.conf_th, cfg.max_bb, cfg.min_bb, cfg.num_bb)
+    if cfg.model_config and is_xlm_config_file(cfg.model_config):  # the MMT seed's model (VTLM-C, TLM)
+        model_config = resolve_xlm_config(cfg.model_config, vocab_size=tokenizer.vocab_size,
+                                          pad_index=tokenizer.pad_id, mask_index=tokenizer.mask_id,
+                                          img_dim=first_img.feat_dim, num_classes=first_img.label_dim,
+                                          dropout=cfg.dropout)
+        model = XlmModel(model_config)
+        if cfg.checkpoint:
+            load_xlm_checkpoint(model, cfg.checkpoint)
+        tasks = build_pretrain_tasks(cfg, tokenizer, info.rank, info.world_size, device)
+        return Trainer(model, tasks, cfg, device=device, model_config=model_config.to_dict(), callbacks=callbacks)
     model_config = resolve_model_config(cfg, first_img.feat_dim, first_img.label_dim, cfg.xlmr_dir)
     if model_config.vocab_size != tokenizer.vocab_size:
         raise ConfigError(f"model vocab_size {model_config.vocab_size} != tokenizer {tokenizer.path} "
@@ -51,6 +64,7 @@ def build_trainer(cfg, callbacks: Sequence[Callable] = ()):
 def main(argv: list[str] | None = None, callbacks: Sequence[Callable] = ()) -> Path:
     """Parse the command line (``argv``, default ``sys.argv[1:]``), train, write ``model_final.pt``."""
     from model.weights import save_uc2_checkpoint
+    from model.xlm import XlmModel, save_xlm_checkpoint
     from utils import distributed as du
     from utils.config import parse_args_and_config
     from utils.run_config import PretrainConfig
@@ -60,7 +74,8 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Callable] = ()) -> P
     trainer.train()
     final = Path(cfg.output_dir) / "model_final.pt"
     if du.is_main():
-        save_uc2_checkpoint(trainer.model, final)
+        save = save_xlm_checkpoint if isinstance(trainer.model, XlmModel) else save_uc2_checkpoint
+        save(trainer.model, final)
     du.barrier()
     return final
 

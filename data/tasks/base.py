@@ -164,6 +164,10 @@ class Objective:
     def __init__(self, settings: ObjectiveSettings):
         self.settings = settings
 
+    def for_validation(self) -> "Objective":
+        """The objective used on the validation split (the same one unless validation masks differently)."""
+        return self
+
     def build_example(self, source: ExampleSource, index: int, rng: np.random.Generator) -> dict:
         """Un-collated example ``index``; every random choice comes from ``rng``."""
         raise NotImplementedError
@@ -268,7 +272,7 @@ class PretrainTask:
         # generator. Train streams are (re)created lazily, at other steps in a resumed run, so that draw
         # would shift the dropout masks after resume. Examples take all randomness from their draw seeds,
         # so a fixed private generator changes no data.
-        return DataLoader(data, batch_sampler=batch_sampler, collate_fn=self.objective.collate,
+        return DataLoader(data, batch_sampler=batch_sampler, collate_fn=data.objective.collate,
                           num_workers=opts.num_workers, pin_memory=opts.pin_memory,
                           multiprocessing_context=context, generator=torch.Generator().manual_seed(0))
 
@@ -289,7 +293,7 @@ class PretrainTask:
         model.eval()
         sums = dict.fromkeys(self.objective.stat_keys, 0.0)
         for batch in self._loader(self.val_data, self.val_sampler):
-            for key, value in self.objective.eval_stats(model, move_to(batch, self.options.device)).items():
+            for key, value in self.val_data.objective.eval_stats(model, move_to(batch, self.options.device)).items():
                 sums[key] += float(value)
         model.train(was_training)
         return self.objective.finalize(_all_reduce_sums(sums, self.options.device))

@@ -116,7 +116,7 @@ def build_pretrain_tasks(cfg, tokenizer, rank: int = 0, world_size: int = 1, dev
             train_sampler = TokenBucketSampler(source.lens, cfg.train_batch_size, seed=seed, rank=rank,
                                                world_size=world_size)
             val = _val_source(cfg, spec.name, task, val_tasks, img_dbs, open_txt_db)
-            val_data = TaskDataset(val, objective) if val is not None else None
+            val_data = TaskDataset(val, objective.for_validation()) if val is not None else None
             val_sampler = (OrderedBatchSampler(val.lens, cfg.val_batch_size, seed=seed, rank=rank,
                                                world_size=world_size) if val is not None else None)
             built.append(PretrainTask(name, ratio, objective, TaskDataset(source, objective), train_sampler,

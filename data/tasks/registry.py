@@ -69,4 +69,4 @@ def known_tasks() -> list[str]:
 
 def load_builtin_tasks() -> None:
     """Import the task modules so that their decorators run (idempotent: Python caches imports)."""
-    from data.tasks import itm, mlm, mrc, mrfr, mrtm, retrieval, vqa, vtlm  # noqa: F401
+    from data.tasks import itm, mlm, mrc, mrfr, mrtm, retrieval, vqa, vtlm, vtlmc  # noqa: F401

@@ -14,6 +14,9 @@ import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import pytest
+import torch
+
 # Small per-language vocabularies; ja/zh words are written unsegmented in captions, as real data is.
 _WORDS = {
     "en": "a man woman dog cat is riding a horse on the beach red car two people playing ball in park".split(),
@@ -62,3 +65,13 @@ def write_lines(path: Path, lines: Iterable[str]) -> Path:
     path = Path(path)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Import into a test module that runs small models: the tests share two cores with other work, and
+    extra intra-op threads only spin there (10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

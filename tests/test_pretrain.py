@@ -23,6 +23,7 @@ from model.config import UC2ModelConfig
 from model.model import UC2ForPretraining
 from model.weights import load_uc2_checkpoint
 from tests._pretrain_helpers import REPO_ROOT, build_demo_dir, run_args, write_small_config
+from tests.helpers import one_thread  # noqa: F401 - autouse fixture
 from utils.config import parse_args_and_config
 from utils.run_config import PretrainConfig
 
@@ -30,15 +31,6 @@ HELPER = REPO_ROOT / "tests" / "_pretrain_helpers.py"
 N_STEPS, K_STEPS = 40, 20  # the resume tests stop at K and continue to N (checkpoints every 10 steps)
 EXPECTED_TASKS = {f"{task}_cap_{lang}" for task in ("mlm", "itm", "mrtm") for lang in ("en", "de", "ja")} | {
     "vtlm_paired_en-de", "vtlm_paired_en-ja"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tests share two cores with other work: extra intra-op threads only spin (10x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

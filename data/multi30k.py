@@ -26,21 +26,15 @@ from __future__ import annotations
 
 import gzip
 import os
-import unicodedata
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 from data.errors import DataError
+from utils.mt_metrics import normalise
 
 M30K_SPLITS = ("train", "val", "test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")
 TRAIN_SPLITS = frozenset({"train"})
-
-
-def strip_accents_lower(text: str) -> str:
-    """Lowercase, then drop combining marks after NFD (the seed's rule): "Über Straße" -> "uber straße"."""
-    decomposed = unicodedata.normalize("NFD", text.lower())
-    return "".join(ch for ch in decomposed if unicodedata.category(ch) != "Mn")
 
 
 @lru_cache(maxsize=None)
@@ -57,7 +51,7 @@ def seed_preprocess(text: str, lang: str) -> str:
     """The seed's pipeline: punctuation normalisation, Moses tokenisation (no escaping), lowercase, no accents."""
     normalizer, tokenizer = _moses(lang)
     tokens = tokenizer.tokenize(normalizer.normalize(text), escape=False, return_str=True)
-    return strip_accents_lower(" ".join(tokens.split()))
+    return normalise(" ".join(tokens.split()))
 
 
 def _open_lines(path: Path) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 
 import prepro
 from data.errors import DataError
-from data.multi30k import build_multi30k, db_path, seed_preprocess, strip_accents_lower
+from data.multi30k import build_multi30k, db_path, seed_preprocess
 from data.tokenizer import load_tokenizer
 from data.txt_db import TxtDb
 from tests.helpers import make_tiny_tokenizer, write_lines
@@ -96,7 +96,7 @@ def test_unknown_image_is_an_error_naming_the_line(tok, tmp_path):
 
 
 def test_seed_preprocessing():
-    assert strip_accents_lower("Über Straße") == "uber straße"
+    assert seed_preprocess("Über Straße", "de") == "uber straße"
     assert seed_preprocess("Zwei Männer „stehen“ am Ofen… und essen.", "de") == \
         'zwei manner " stehen " am ofen ... und essen .'
 

@@ -43,8 +43,9 @@ PROFILES: dict[str, dict[str, list[str]]] = {
         "itm": ["--num_train_steps", "300", "--warmup_steps", "30", "--valid_steps", "0", "--save_steps", "300"],
         "vqa": ["--num_train_steps", "1000", "--warmup_steps", "100", "--valid_steps", "500",
                 "--save_steps", "500"],
+        "mmt": [],
     },
-    "full": {"corpus": [], "pretrain": [], "itm": [], "vqa": []},
+    "full": {"corpus": [], "pretrain": [], "itm": [], "vqa": [], "mmt": ["--steps", "600", "--pretrain_steps", "600"]},
 }
 
 
@@ -106,6 +107,10 @@ def stages() -> list[Stage]:
               lambda p: p.demo_dir / "nopt" / "model_final.pt"),
         *[stage for setting in ("en_only", "all_lang") for stage in _retrieval_stages(setting)],
         *[stage for lang in ("en", "ja") for stage in _vqa_stages(lang)],
+        Stage("MMT: VTLM-C / TLM pretraining, NMT vs MMT, degraded source, shuffled images",
+              lambda p: _py(str(REPO_ROOT / "scripts" / "mmt_demo.py"), "--demo_dir", str(p.demo_dir),
+                            "--out", str(p.results), *p.extra("mmt")),
+              lambda p: p.demo_dir / "mmt" / "report.md"),
     ]
 
 

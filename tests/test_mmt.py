@@ -184,3 +184,17 @@ def test_early_stopping_and_nmt_delta_zero(demo, tmp_path):
     assert "early stop" in log and "step 12" in log and "step 16:" not in log  # 3 validations, then stop
     results = inf_mmt.main(["--run", str(out), "--shuffles", "2", "--no_meteor"])
     assert results["test2016"]["incongruent"]["delta"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["mmt_demo.json", "mmt_m30k_en-de.json", "mmt_m30k_en-fr.json",
+                                  "mmt_m30k_en-de_scratch.json"])
+def test_shipped_configs_parse(name, repo_root, monkeypatch):
+    from utils.config import load_config
+    from utils.mmt_config import MmtConfig
+
+    monkeypatch.setenv("UC2_DEMO_DIR", "/demo")
+    cfg = load_config(MmtConfig, repo_root / "config" / name)
+    assert cfg.src_lang == "en" and cfg.tgt_lang in ("de", "fr")
+    if name.startswith("mmt_m30k") and "scratch" not in name:  # the seed's fine-tuning recipe
+        assert (cfg.learning_rate, cfg.decay, cfg.dropout, cfg.beam_size, cfg.patience) == (1e-5, "constant", 0.2, 8, 21)
+        assert set(cfg.test_dbs) == {"test2016", "test2017", "COCO"}

@@ -8,12 +8,14 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch is installed first and pinned, so that requirements.txt cannot pull a different (CUDA) build.
-$(STAMP): requirements.txt
+# torch is installed first and pinned, so that requirements.txt cannot pull a different (CUDA) build; the project
+# itself is installed editable (pyproject.toml), so scripts/ run from any folder without sys.path edits.
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)

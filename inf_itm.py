@@ -4,7 +4,7 @@
     python inf_itm.py --config config/itm_eval_m30k_coco.json --checkpoint /storage/ckpt/model_best.pt
     torchrun --nproc_per_node 8 inf_itm.py --config ...
 
-Scores every caption against every image of each test set with the cross-encoder (utils/itm_eval.py),
+Scores every caption against every image of each test set with the cross-encoder (evaluation/itm_eval.py),
 computes Recall@1/5/10 both ways and AR (COCO 1K: mean over ``coco_folds`` folds), and writes
 ``results.md``/``results.json`` (paper table-1 layout, R@K details) and ``scores_{name}.npz`` into
 ``output_dir``. A pretraining checkpoint (no ``rank_output``) is evaluated zero-shot with the ITM head's
@@ -20,10 +20,10 @@ from model.config import UC2ModelConfig
 from model.model import UC2ForImageTextRetrieval
 from model.weights import load_uc2_checkpoint, read_state_file
 from utils import distributed as du
-from utils import itm_eval
+from evaluation import itm_eval
 from utils.config import parse_args_and_config
-from utils.itm_config import RetrievalEvalConfig
-from utils.trainer import default_device
+from training.itm_config import RetrievalEvalConfig
+from utils.device import pick_device
 
 LOG = logging.getLogger("inf_itm")
 
@@ -38,7 +38,7 @@ def load_model(cfg: RetrievalEvalConfig) -> tuple[UC2ForImageTextRetrieval, str]
         head = "rank" if "rank_output.weight" in state else "itm"
     # A pretraining checkpoint fills rank_output from the ITM match row; the "itm" head ignores it anyway.
     LOG.info(load_uc2_checkpoint(model, state).summary())
-    return model.to(default_device()).eval(), head
+    return model.to(pick_device()).eval(), head
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -65,6 +65,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from utils.setup import run_cli
+    from training.setup import run_cli
 
     run_cli(main)

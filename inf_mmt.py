@@ -34,7 +34,7 @@ def parse(argv: Sequence[str] | None):
 def load_run_config(run: Path, overrides: Sequence[str]):
     """The run's MmtConfig with ``--key value`` overrides (resume off: inference never trains)."""
     from utils.config import ConfigError, parse_args_and_config
-    from utils.mmt_config import MmtConfig
+    from training.mmt_config import MmtConfig
 
     hps = run / "hps.json"
     if not hps.is_file():
@@ -44,8 +44,8 @@ def load_run_config(run: Path, overrides: Sequence[str]):
 
 def evaluate(cfg, model, tokenizer, img_db, args) -> dict:
     """Scores (and probes) of every test set of ``cfg``."""
-    from utils.mmt_eval import image_awareness, permutations, split_scores
-    from utils.mmt_setup import build_translation_task, translation_spec, with_spec
+    from evaluation.mmt_eval import image_awareness, permutations, split_scores
+    from tasks.translation_setup import build_translation_task, translation_spec, with_spec
     from utils.mt_metrics import bleu_tok, tok_form
 
     lexicon = json.loads(args.lexicon.read_text(encoding="utf-8")) if args.lexicon else None
@@ -69,8 +69,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from data.img_db import ImgDb
     from data.tokenizer import load_tokenizer
     from model.seq2seq import load_seq2seq_state
-    from utils.checkpoint import atomic_write_json
-    from utils.mmt_setup import build_translation_model
+    from utils.atomic import atomic_write_json
+    from tasks.translation_setup import build_translation_model
 
     args, overrides = parse(argv)
     cfg = load_run_config(args.run, overrides)
@@ -88,6 +88,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from utils.setup import run_cli
+    from training.setup import run_cli
 
     run_cli(main)

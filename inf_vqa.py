@@ -8,7 +8,7 @@ Usage::
 Writes ``OUTPUT`` = ``[{"question_id": ..., "answer": ...}, ...]`` in the txt_db's order (numeric question
 ids become JSON integers, as the VQA v2 evaluation server expects). When the questions carry gold answers,
 also writes ``OUTPUT`` with ``.scores.json`` in place of ``.json``: ``{setting, dataset, lang, metrics}``
-(the row format of :mod:`utils.results_table`) with the VQA score, accuracy, character BLEU (Japanese /
+(the row format of :mod:`evaluation.results_table`) with the VQA score, accuracy, character BLEU (Japanese /
 Chinese, or ``--bleu on``), the majority-answer baseline beside them, and the counts. Questions whose gold
 answers all lie outside the answer vocabulary score 0 and are counted (``n_no_target``), never dropped;
 unannotated questions (a test split) are predicted but not scored (``n_unannotated``).
@@ -27,21 +27,22 @@ from typing import Any
 
 import torch
 
-from data.errors import DataError
+from utils.errors import DataError
 from data.sampler import OrderedBatchSampler
-from data.tasks.base import LoaderOptions, TaskDataset
-from data.tasks.vqa import VqaObjective, load_label2ans, open_vqa_source, predict
+from tasks.base import LoaderOptions, TaskDataset
+from tasks.vqa import VqaObjective, load_label2ans, open_vqa_source, predict
 from model.config import UC2ModelConfig
 from model.model import UC2ForVQA
 from model.weights import load_uc2_checkpoint
 from utils import distributed as du
-from utils.checkpoint import CheckpointManager, atomic_write
-from utils.config import ConfigError, load_config
-from utils.misc import autocast
-from utils.results_table import vqa_markdown
-from utils.setup import pick_device
-from utils.vqa_config import VQAConfig
-from utils.vqa_metrics import accuracy, bleu_char, majority_baseline, vqa_score
+from utils.atomic import atomic_write
+from utils.checkpoint import CheckpointManager
+from utils.config import load_config
+from utils.errors import ConfigError
+from utils.device import autocast, pick_device
+from evaluation.results_table import vqa_markdown
+from training.vqa_config import VQAConfig
+from evaluation.vqa_metrics import accuracy, bleu_char, majority_baseline, vqa_score
 
 CHAR_BLEU_LANGS = ("ja", "zh")
 
@@ -126,7 +127,7 @@ def question_lang(args: argparse.Namespace, source) -> str:
 
 def gather_predictions(model: UC2ForVQA, data: TaskDataset, args: argparse.Namespace, seed: int,
                        precision: str, device: torch.device) -> list[dict]:
-    """Every question's prediction (see :func:`data.tasks.vqa.predict`), from all ranks, in data order."""
+    """Every question's prediction (see :func:`tasks.vqa.predict`), from all ranks, in data order."""
     sampler = OrderedBatchSampler(data.source.lens, args.batch_size, seed=seed, rank=du.get_rank(),
                                   world_size=du.get_world_size())
     options = LoaderOptions(0, device.type == "cuda", device)
@@ -236,6 +237,6 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    from utils.setup import run_cli
+    from training.setup import run_cli
 
     run_cli(main)

@@ -19,8 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-from data.errors import DataError
 from data.multi30k import M30K_SPLITS, build_multi30k
+from utils.errors import DataError
 from data.prepro import (DEFAULT_MAX_TXT_LEN, DEFAULT_NUM_ANSWERS, build_caption_dbs, build_paired_db,
                          build_vqa_db, format_summary)
 from data.tokenizer import DEFAULT_NO_SPACE_LANGS

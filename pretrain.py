@@ -18,18 +18,19 @@ from typing import Callable, Sequence
 
 def build_trainer(cfg, callbacks: Sequence[Callable] = ()):
     """Join the job, build the model (initial weights included) and the tasks of ``cfg``; the
-    :class:`utils.trainer.Trainer` returned has not trained yet (tests validate the step-0 model with it).
+    :class:`training.trainer.Trainer` returned has not trained yet (tests validate the step-0 model with it).
 
     ``callbacks`` are passed to the trainer (called as ``cb(trainer)`` after every optimizer step).
     """
     from data.img_db import ImgDb
-    from data.tasks.build import build_pretrain_tasks
+    from tasks.build import build_pretrain_tasks
     from data.tokenizer import load_tokenizer
     from model.model import UC2ForPretraining
     from model.xlm import XlmModel, is_xlm_config_file, load_xlm_checkpoint, resolve_xlm_config
-    from utils.config import ConfigError
-    from utils.setup import init_weights, pick_device, resolve_model_config, start_run
-    from utils.trainer import Trainer
+    from utils.errors import ConfigError
+    from training.setup import init_weights, resolve_model_config, start_run
+    from utils.device import pick_device
+    from training.trainer import Trainer
 
     if not cfg.train_datasets:
         raise ConfigError("train_datasets: expected at least one training source")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Callable] = ()) -> P
     from model.xlm import XlmModel, save_xlm_checkpoint
     from utils import distributed as du
     from utils.config import parse_args_and_config
-    from utils.run_config import PretrainConfig
+    from training.run_config import PretrainConfig
 
     cfg = parse_args_and_config(PretrainConfig, argv)
     trainer = build_trainer(cfg, callbacks)
@@ -81,6 +82,6 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Callable] = ()) -> P
 
 
 if __name__ == "__main__":
-    from utils.setup import run_cli
+    from training.setup import run_cli
 
     run_cli(main)

@@ -17,18 +17,18 @@ from pathlib import Path
 import torch
 
 from data.img_db import ImgDb
-from data.tasks.base import LoaderOptions
-from data.tasks.retrieval import PairSource, RankSettings, RetrievalTask
+from tasks.base import LoaderOptions
+from tasks.retrieval import PairSource, RankSettings, RetrievalTask
 from data.txt_db import TxtDb
 from model.config import UC2ModelConfig
 from model.model import UC2ForImageTextRetrieval
 from model.weights import read_state_file
 from utils import distributed as du
-from utils import itm_eval
+from evaluation import itm_eval
 from utils.config import parse_args_and_config
-from utils.itm_config import RetrievalConfig
-from utils.setup import init_weights, resolve_model_config
-from utils.trainer import Trainer
+from training.itm_config import RetrievalConfig
+from training.setup import init_weights, resolve_model_config
+from training.trainer import Trainer
 
 LOG = logging.getLogger("train_itm")
 TASK_NAME = "itm_rank"
@@ -40,7 +40,7 @@ def img_rule(cfg) -> dict:
 
 
 def build_model(cfg: RetrievalConfig) -> tuple[UC2ForImageTextRetrieval, UC2ModelConfig]:
-    """Retrieval model shaped like every other script's (utils.setup: model_config, feature width from the
+    """Retrieval model shaped like every other script's (training.setup: model_config, feature width from the
     first training image db, the run's dropout), initialised from ``cfg.checkpoint`` when given."""
     first = cfg.train_datasets[0]
     img_db = ImgDb(first.img_db, **img_rule(cfg))
@@ -106,6 +106,6 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    from utils.setup import run_cli
+    from training.setup import run_cli
 
     run_cli(main)

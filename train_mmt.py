@@ -21,10 +21,11 @@ def main(argv: Sequence[str] | None = None, callbacks: Sequence[Callable] = ()) 
     from data.tokenizer import load_tokenizer
     from utils import distributed as du
     from utils.config import ConfigError, parse_args_and_config
-    from utils.mmt_config import MmtConfig
-    from utils.mmt_setup import build_translation_model, build_translation_task
-    from utils.setup import pick_device, start_run
-    from utils.trainer import Trainer
+    from training.mmt_config import MmtConfig
+    from tasks.translation_setup import build_translation_model, build_translation_task
+    from training.setup import start_run
+    from utils.device import pick_device
+    from training.trainer import Trainer
 
     cfg = parse_args_and_config(MmtConfig, argv)
     if not cfg.train_db:
@@ -45,6 +46,6 @@ def main(argv: Sequence[str] | None = None, callbacks: Sequence[Callable] = ()) 
 
 
 if __name__ == "__main__":
-    from utils.setup import run_cli
+    from training.setup import run_cli
 
     run_cli(main)

@@ -20,16 +20,19 @@ from pathlib import Path
 
 import torch
 
-from data.tasks.vqa import build_vqa_task, load_label2ans
+from tasks.vqa import build_vqa_task, load_label2ans
 from model.config import UC2ModelConfig
 from model.model import UC2ForVQA
 from utils import distributed as du
-from utils.checkpoint import atomic_write_json, check_run_dir
-from utils.config import ConfigError, parse_args_and_config, to_dict
-from utils.setup import init_weights, pick_device, resolve_model_config, start_run
-from utils.trainer import Trainer
-from utils.vqa_config import VQA_TASK_NAME, VQAConfig
-from utils.vqa_metrics import most_common_answer
+from utils.device import pick_device
+from utils.atomic import atomic_write_json
+from utils.checkpoint import check_run_dir
+from utils.config import parse_args_and_config, to_dict
+from utils.errors import ConfigError
+from training.setup import init_weights, resolve_model_config, start_run
+from training.trainer import Trainer
+from training.vqa_config import VQA_TASK_NAME, VQAConfig
+from evaluation.vqa_metrics import most_common_answer
 
 VOCAB_FILE = "ans2label.json"
 LABELS_FILE = "label2ans.json"
@@ -102,6 +105,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    from utils.setup import run_cli
+    from training.setup import run_cli
 
     run_cli(main)

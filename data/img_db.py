@@ -20,9 +20,10 @@ import msgpack
 import msgpack_numpy
 import numpy as np
 
-from data.errors import DataError, DataKeyError
+from utils.atomic import atomic_write_json
+from utils.errors import DataError, DataKeyError
 from data.safe_msgpack import PickledRecordError, unpack_numpy_msgpack
-from data.lmdb_env import DEFAULT_MAP_SIZE, LazyEnv, LmdbBuilder, load_json_file, write_json_file
+from data.lmdb_env import DEFAULT_MAP_SIZE, LazyEnv, LmdbBuilder, load_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +314,7 @@ class ImgDbWriter:
                 self._builder.close_env()
                 self._builder.publish()
                 if self.nbb_path is not None:
-                    write_json_file(self.nbb_path, self.name2nbb)
+                    atomic_write_json(self.name2nbb, self.nbb_path, indent=None, sort_keys=False)
         finally:
             self._builder.discard()
         return False

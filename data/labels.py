@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
+from utils.errors import DataError
 
 BACKGROUND_WORDS = {
     "en": "background",

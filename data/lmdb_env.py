@@ -17,7 +17,8 @@ from pathlib import Path
 
 import lmdb
 
-from data.errors import DataError
+from utils.atomic import publish_dir, temp_dir_for
+from utils.errors import DataError
 
 #: Default map size for writable environments. LMDB reserves address space, not disk, so 1 TiB is
 #: what the original UNITER tooling used and costs nothing on 64-bit Linux.
@@ -151,46 +152,6 @@ def load_json_file(path: str | os.PathLike, expected: type, what: str):
     return value
 
 
-def write_json_file(path: str | os.PathLike, value) -> None:
-    """Write ``value`` as JSON through a temporary file and a rename (no half-written file)."""
-    p = Path(path)
-    tmp = p.with_name(f"{p.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(value, f)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def temp_dir_for(final_dir: str | os.PathLike) -> Path:
-    """The build directory ``<final_dir>.tmp-<pid>`` beside ``final_dir`` (same filesystem, so the
-    final rename is atomic); a stale one left by a crashed run of this pid is removed."""
-    final = Path(final_dir)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    return tmp
-
-
-def publish_dir(tmp_dir: Path, final_dir: Path, overwrite: bool) -> None:
-    """Move a finished build directory to ``final_dir``; replace an existing one only if ``overwrite``."""
-    if final_dir.exists():
-        if not overwrite:
-            raise DataError(f"{final_dir}: already exists (pass overwrite=True to replace it)")
-        close_lmdb(final_dir)
-        # Rename the old one aside and delete it afterwards: final_dir is missing only for an instant,
-        # never for the time a large rmtree takes.
-        old = final_dir.with_name(f"{final_dir.name}.old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final_dir, old)
-        os.replace(tmp_dir, final_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp_dir, final_dir)
-
-
 class LmdbBuilder:
     """Builds a new LMDB environment in ``<final_dir>.tmp-<pid>`` and publishes it by renaming.
 
@@ -241,7 +202,7 @@ class LmdbBuilder:
         self._env = None
 
     def publish(self) -> None:
-        publish_dir(self.tmp_dir, self.final_dir, self.overwrite)
+        publish_dir(self.tmp_dir, self.final_dir, self.overwrite, before_replace=close_lmdb)
 
     def discard(self) -> None:
         """Abort whatever is open and remove the build directory (safe to call after publish)."""

@@ -23,8 +23,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.errors import DataError
-from data.lmdb_env import open_lmdb, write_json_file
+from utils.atomic import atomic_write_json
+from utils.errors import DataError
+from data.lmdb_env import open_lmdb
 from data.tokenizer import DEFAULT_NO_SPACE_LANGS, FIRST_NORMAL_ID, UC2Tokenizer, load_tokenizer
 from data.txt_db import TxtDbWriter
 
@@ -375,8 +376,8 @@ def build_vqa_db(jsonl: str | os.PathLike, out_db: str | os.PathLike, tokenizer:
             stats.add(len(ids))
         _check_written(stats, path)
     # TxtDbWriter knows only its own side files; these two are added to the published folder atomically.
-    write_json_file(out_db / "ans2label.json", vocab)
-    write_json_file(out_db / "label2ans.json", sorted(vocab, key=vocab.__getitem__))
+    atomic_write_json(vocab, out_db / "ans2label.json", indent=None, sort_keys=False)
+    atomic_write_json(sorted(vocab, key=vocab.__getitem__), out_db / "label2ans.json", indent=None, sort_keys=False)
     return stats.summary({"vqa": str(path)}, {"vqa": str(out_db)})
 
 

@@ -13,7 +13,7 @@ import msgpack
 import msgpack_numpy
 import numpy as np
 
-from data.errors import DataError
+from utils.errors import DataError
 
 
 class PickledRecordError(DataError):

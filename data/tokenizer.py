@@ -18,12 +18,12 @@ from __future__ import annotations
 import functools
 import io
 import os
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.errors import DataError
+from utils.atomic import atomic_dir
+from utils.errors import DataError
 
 SPM_FILE = "sentencepiece.bpe.model"
 HF_TOKENIZER_FILE = "tokenizer.json"
@@ -264,19 +264,11 @@ def train_sentencepiece_tokenizer(texts: Iterable[str], out_dir: str | os.PathLi
         model_bytes = _train_spm_bytes(texts, vocab_size, seed, word_delimiter)
     except RuntimeError as err:  # sentencepiece reports bad settings (e.g. vocab below the alphabet) this way
         raise DataError(f"SentencePiece training for {out} failed: {err}") from err
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out, overwrite=True) as tmp:
         (tmp / SPM_FILE).write_bytes(model_bytes)
         hf = XLMRobertaTokenizer.from_pretrained(str(tmp), local_files_only=True, model_max_length=_MAX_LEN)
         hf.save_pretrained(str(tmp))
         probe = [t.replace(word_delimiter, "") if word_delimiter else t for t in texts[:20]]
         _verify_trained(tmp, model_bytes, probe)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     _load_cached.cache_clear()  # a replaced folder must not be served from the cache
     return out

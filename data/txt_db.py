@@ -15,9 +15,10 @@ import msgpack
 import msgpack_numpy
 import numpy as np
 
-from data.errors import DataError, DataKeyError
+from utils.atomic import atomic_write_json
+from utils.errors import DataError, DataKeyError
 from data.safe_msgpack import PickledRecordError, unpack_numpy_msgpack
-from data.lmdb_env import DEFAULT_MAP_SIZE, LazyEnv, LmdbBuilder, load_json_file, write_json_file
+from data.lmdb_env import DEFAULT_MAP_SIZE, LazyEnv, LmdbBuilder, load_json_file
 
 SIDE_FILES = ("meta.json", "id2len.json", "txt2img.json", "img2txts.json")
 _REQUIRED_META = ("CLS", "SEP", "MASK")
@@ -242,7 +243,7 @@ class TxtDbWriter:
                 self._builder.close_env()
                 sides = dict(zip(SIDE_FILES, (self.meta, self.id2len, self.txt2img, self.img2txts)))
                 for name, side in {**sides, **self.extra_json}.items():
-                    write_json_file(self._builder.tmp_dir / name, side)
+                    atomic_write_json(side, self._builder.tmp_dir / name, indent=None, sort_keys=False)
                 self._builder.publish()
         finally:
             self._builder.discard()

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.config import ConfigError
+from utils.atomic import atomic_write_json
+from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +128,7 @@ class UC2ModelConfig:
 
     def to_json(self, path: str | Path) -> None:
         """Write the config atomically (temp file then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f"{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_json(self.to_dict(), path, indent=1)
 
 
 def _check_type(key: str, value: Any, annotation: str, source: str) -> Any:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.errors import DataError
+from utils.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.errors import DataError
+from utils.errors import DataError
 from model.config import UC2ModelConfig
 from model.heads import activation
 from model.model import UC2ForPretraining, UC2Model, init_bert_weights

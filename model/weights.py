@@ -11,7 +11,6 @@ run code; anything that is not a flat ``{str: Tensor}`` mapping is refused with 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data.errors import DataError
+from utils.atomic import atomic_torch_save
+from utils.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -198,14 +198,7 @@ def save_uc2_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_uc2_checkpoint(model: nn.Module, path: str | Path) -> Path:
     """Write :func:`save_uc2_state_dict` to ``path`` atomically (temp file in the same folder, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(save_uc2_state_dict(model), tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_torch_save(save_uc2_state_dict(model), path)
 
 
 # Hugging Face XLM-R MLM-head names -> UC2 ``cls`` names. The original code missed these (name

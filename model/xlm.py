@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.config import ConfigError
+from utils.errors import ConfigError
 
 IMG_LANG = "img"
 LN_EPS = 1e-12
@@ -298,7 +298,8 @@ def load_xlm_checkpoint(model: nn.Module, path: str | Path, part: str = "model",
 
 def save_xlm_checkpoint(model: nn.Module, path: str | Path) -> Path:
     """Write the flat fp32 state dict (seed key names) atomically."""
-    from utils.checkpoint import atomic_torch_save, fp32_state_dict
+    from utils.atomic import atomic_torch_save
+    from utils.checkpoint import fp32_state_dict
 
     path = Path(path)
     atomic_torch_save(fp32_state_dict(model.state_dict()), path)

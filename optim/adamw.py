@@ -46,7 +46,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
 
 def build_optimizer(model: nn.Module, cfg: Any, lr_multipliers: Mapping[str, float] | None = None
                     ) -> torch.optim.AdamW:
-    """AdamW from a :class:`utils.run_config.TrainConfig` (learning_rate, betas, adam_eps, weight_decay).
+    """AdamW from a :class:`training.run_config.TrainConfig` (learning_rate, betas, adam_eps, weight_decay).
 
     Uses the fused CUDA kernel when every parameter is on CUDA, the foreach path otherwise. Build it after
     the model has been moved to its device.

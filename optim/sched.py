@@ -50,5 +50,5 @@ class WarmupDecaySchedule(LRScheduler):
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any) -> WarmupDecaySchedule:
-    """Schedule from a :class:`utils.run_config.TrainConfig` (warmup_steps, num_train_steps, decay)."""
+    """Schedule from a :class:`training.run_config.TrainConfig` (warmup_steps, num_train_steps, decay)."""
     return WarmupDecaySchedule(optimizer, cfg.warmup_steps, cfg.num_train_steps, cfg.decay)

@@ -22,13 +22,9 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a script from any cwd: make the repository's packages importable
-    _ROOT = str(Path(__file__).resolve().parents[1])
-    if _ROOT not in sys.path:
-        sys.path.insert(0, _ROOT)
-
-from data.errors import DataError  # noqa: E402
-from data.prepro import PAIRED_FIELDS, iter_jsonl, parse_pharaoh  # noqa: E402
+from utils.atomic import atomic_write_text
+from utils.errors import DataError
+from data.prepro import PAIRED_FIELDS, iter_jsonl, parse_pharaoh
 
 ALIGNERS = ("fast_align", "eflomal-align")
 INSTALL_HINT = ("no word aligner found on PATH. Install one of:\n"
@@ -146,12 +142,7 @@ def align_file(jsonl: Path, output: Path, name: str, binary: str, lowercase: boo
         reverse = parse_alignments(rev_lines, len(lines), f"{name} reverse output")
         for k, fwd, rev in zip(index, forward, reverse):
             result[k] = format_pharaoh(grow_diag_final_and(fwd, rev))
-    tmp_out = output.with_name(f"{output.name}.tmp-{os.getpid()}")
-    try:
-        tmp_out.write_text("".join(line + "\n" for line in result), encoding="utf-8")
-        os.replace(tmp_out, output)
-    finally:
-        tmp_out.unlink(missing_ok=True)
+    atomic_write_text(output, "".join(line + "\n" for line in result))
     return n_rows
 
 

@@ -16,12 +16,12 @@ What it measures, all in the same process so that the ratios are comparable on a
   same size and length (``txt_tokens + regions`` positions, 15 % of them labelled);
 * data loading: seconds per batch of the task's own DataLoader reading a real txt_db/img_db written in a
   temporary folder by the project's writers, against the step time;
-* evaluation: caption-image pairs/s of ``utils.itm_eval.score_matrix`` and its fraction of the peak;
+* evaluation: caption-image pairs/s of ``evaluation.itm_eval.score_matrix`` and its fraction of the peak;
 * decoding (``--sections decoding``): sentences/s of greedy and beam-8 search of a random MMT
   encoder-decoder (:class:`DecodeShape`), with the key/value caches and recomputing the prefix every step,
   their ratio (goal: cache >= 5x) and whether both gave the same output; fp32 like the rest;
 * memory: peak RSS after every phase, CUDA max allocated per phase, and the RSS and time of importing
-  ``data.tasks.build`` and ``model.model`` in a fresh interpreter.
+  ``tasks.build`` and ``model.model`` in a fresh interpreter.
 
 FLOPs are measured, not guessed: ``torch.utils.flop_counter.FlopCounterMode`` counts the matmuls of one
 (untimed, warm-up) run of exactly the computation then timed; the CPU flash-attention kernels it does not
@@ -44,11 +44,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-
-if __name__ == "__main__":  # run as a script from any cwd: make the repository's packages importable
-    _ROOT = str(Path(__file__).resolve().parents[1])
-    if _ROOT not in sys.path:
-        sys.path.insert(0, _ROOT)
 
 import numpy as np
 import torch
@@ -275,8 +270,8 @@ def build_task(name: str, shape: BenchShape, paths: dict[str, Path], device: tor
     """The task's PretrainTask (objective, dataset, token-bucket sampler, loader) on the bench corpus."""
     from data.img_db import ImgDb
     from data.sampler import TokenBucketSampler
-    from data.tasks.base import ExampleSource, LoaderOptions, ObjectiveSettings, PretrainTask, TaskDataset
-    from data.tasks.registry import get_task
+    from tasks.base import ExampleSource, LoaderOptions, ObjectiveSettings, PretrainTask, TaskDataset
+    from tasks.registry import get_task
     from data.txt_db import TxtDb
 
     txt = paths["paired" if name == "vtlm" else "txt"]
@@ -323,7 +318,7 @@ def model_config(shape: BenchShape):
 
 def train_step_fn(model, loss_fn: Callable[[], torch.Tensor], precision: str, device: torch.device):
     """One training step without the optimizer: fresh gradients, forward under autocast, backward."""
-    from utils.misc import autocast
+    from utils.device import autocast
 
     def step() -> float:
         model.zero_grad(set_to_none=True)
@@ -490,8 +485,8 @@ def hf_phase(model, shape: BenchShape, args, device: torch.device) -> Phase:
 
 
 def eval_phase(model, shape: BenchShape, args) -> Phase:
-    """utils.itm_eval.score_matrix (cross-encoder scoring, default blocks) on a synthetic set at ``shape``."""
-    from utils.itm_eval import ScoreSettings, encoder_flops_per_pair, score_matrix, synthetic_set
+    """evaluation.itm_eval.score_matrix (cross-encoder scoring, default blocks) on a synthetic set at ``shape``."""
+    from evaluation.itm_eval import ScoreSettings, encoder_flops_per_pair, score_matrix, synthetic_set
 
     dataset = synthetic_set(shape.eval_captions, shape.eval_images, shape.txt_tokens + 2, shape.regions,
                             shape.img_dim, vocab_size=shape.vocab)
@@ -593,8 +588,8 @@ def rss():  # current resident set, MiB (peak RSS on systems without /proc)
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 t0 = time.perf_counter(); import torch; t1 = time.perf_counter(); r1 = rss()
-import data.tasks.build, model.model
-from data.tasks.registry import load_builtin_tasks
+import tasks.build, model.model
+from tasks.registry import load_builtin_tasks
 load_builtin_tasks()
 t2 = time.perf_counter()
 print(json.dumps({"torch_s": t1 - t0, "torch_rss_mb": r1, "project_s": t2 - t1, "rss_mb": rss(),
@@ -603,14 +598,14 @@ print(json.dumps({"torch_s": t1 - t0, "torch_rss_mb": r1, "project_s": t2 - t1, 
 
 
 def import_cost() -> dict[str, Any]:
-    """RSS and time of importing data.tasks.build, model.model and every task module in a fresh
+    """RSS and time of importing tasks.build, model.model and every task module in a fresh
     interpreter, apart from torch's own share."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"import probe failed:\n{proc.stderr[-2000:]}")
-    return {"modules": "data.tasks.build, model.model, data.tasks.* (registered tasks)",
+    return {"modules": "tasks.build, model.model, tasks.* (registered tasks)",
             **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
@@ -699,10 +694,9 @@ def format_train_table(report: dict[str, Any]) -> str:
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
     """Write the report atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from utils.atomic import atomic_write_json
+
+    atomic_write_json(report, path, indent=1)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -24,16 +24,11 @@ import os
 import sys
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a script from any cwd: make the repository's packages importable
-    _ROOT = str(Path(__file__).resolve().parents[1])
-    if _ROOT not in sys.path:
-        sys.path.insert(0, _ROOT)
+import numpy as np
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from data.errors import DataError  # noqa: E402
-from data.img_db import ImgDbWriter, compute_num_bb  # noqa: E402
+from utils.errors import DataError
+from data.img_db import ImgDbWriter, compute_num_bb
 
 
 def _boxes_to_keep(dump: dict, n: int, conf_th: float, max_bb: int, min_bb: int, num_bb: int,

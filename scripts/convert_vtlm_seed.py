@@ -71,7 +71,7 @@ def model_config(state: dict, params: dict) -> dict:
 def convert_checkpoint(args) -> None:
     import torch
 
-    from utils.checkpoint import atomic_torch_save, atomic_write_json
+    from utils.atomic import atomic_torch_save, atomic_write_json
 
     print(WARNING.format(path=args.input), file=sys.stderr)
     raw = torch.load(args.input, map_location="cpu", weights_only=False)  # trusted by --trust_pickle

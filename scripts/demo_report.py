@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 #: run folder -> setting name in the report (pretrained first, then the baselines)
 RETRIEVAL_RUNS = {
@@ -55,7 +52,7 @@ def chance_rows(demo_dir: Path, seeds: int = 20) -> list[dict]:
     caption-to-image map (from a run's saved ``scores_*.npz``), i.e. chance level for these test sets."""
     import numpy as np
 
-    from utils.retrieval_metrics import retrieval_recalls
+    from evaluation.retrieval_metrics import retrieval_recalls
 
     rows = []
     for run in RETRIEVAL_RUNS:
@@ -93,7 +90,7 @@ def plot_links(demo_dir: Path, out: Path) -> list[str]:
 
 
 def render(retrieval: list[dict], vqa: list[dict], times: dict[str, float], plots: list[str], mmt: str = "") -> str:
-    from utils.results_table import demo_markdown, detail_markdown, vqa_markdown
+    from evaluation.results_table import demo_markdown, detail_markdown, vqa_markdown
 
     parts = ["# UC2 demo report", "",
              "Generated corpus (see data/demo/README.md); tiny model on CPU. The 'random scores' row "
@@ -115,7 +112,7 @@ def render(retrieval: list[dict], vqa: list[dict], times: dict[str, float], plot
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    from utils.checkpoint import atomic_write_json
+    from utils.atomic import atomic_write_json, atomic_write_text
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--demo_dir", type=Path, required=True)
@@ -129,15 +126,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     mmt_table = args.demo_dir / "mmt" / "report.md"  # written by scripts/mmt_demo.py
     mmt = mmt_table.read_text(encoding="utf-8").strip() if mmt_table.is_file() else ""
     text = render(retrieval, vqa, times, plot_links(args.demo_dir, args.out), mmt)
-    tmp = args.out / "report.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(args.out / "report.md")
+    atomic_write_text(args.out / "report.md", text)
     atomic_write_json({"retrieval": retrieval, "vqa": vqa, "stage_seconds": times}, args.out / "report.json")
     print(text)
     return text
 
 
 if __name__ == "__main__":
-    from utils.setup import run_cli
+    from training.setup import run_cli
 
     run_cli(main)

@@ -16,27 +16,23 @@ after ``init_from_xlmr``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository's library importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from data.errors import DataError  # noqa: E402
-from data.img_db import ImgDb  # noqa: E402
-from data.labels import LabelVocab  # noqa: E402
-from data.tokenizer import load_tokenizer  # noqa: E402
-from model.config import UC2ModelConfig  # noqa: E402
-from model.early_adaptation import (class_word_embeddings, ea_state_dict, region_batches,  # noqa: E402
+from utils.atomic import atomic_torch_save, atomic_write_json
+from utils.errors import DataError
+from data.img_db import ImgDb
+from data.labels import LabelVocab
+from data.tokenizer import load_tokenizer
+from model.config import UC2ModelConfig
+from model.early_adaptation import (class_word_embeddings, ea_state_dict, region_batches,
                                     run_early_adaptation)
-from model.model import UC2ForPretraining  # noqa: E402
-from model.weights import init_from_xlmr, load_uc2_checkpoint  # noqa: E402
+from model.model import UC2ForPretraining
+from model.weights import init_from_xlmr, load_uc2_checkpoint
 
 logger = logging.getLogger("early_adaptation")
 
@@ -91,16 +87,10 @@ def class_embeddings(args: argparse.Namespace, model: UC2ForPretraining) -> torc
 
 def save_outputs(args: argparse.Namespace, model: UC2ForPretraining, logs: list[dict]) -> None:
     """State dict and its JSON sidecar, each written to a temp file and renamed."""
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f"{args.out.name}.tmp-{os.getpid()}")
-    torch.save(ea_state_dict(model), tmp)
-    tmp.replace(args.out)
+    atomic_torch_save(ea_state_dict(model), args.out)
     meta = {"args": vars(args),
             "first": logs[0], "last": logs[-1], "kl": [round(r["kl"], 5) for r in logs]}
-    side = args.out.with_name(args.out.name + ".json")
-    tmp_side = side.with_name(f"{side.name}.tmp-{os.getpid()}")
-    tmp_side.write_text(json.dumps(meta, indent=1, default=str) + "\n", encoding="utf-8")
-    tmp_side.replace(side)
+    atomic_write_json(meta, args.out.with_name(args.out.name + ".json"), indent=1, sort_keys=False, default=str)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

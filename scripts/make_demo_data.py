@@ -24,15 +24,11 @@ import shutil
 import sys
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a script from any cwd: make the repository's packages importable
-    _ROOT = str(Path(__file__).resolve().parents[1])
-    if _ROOT not in sys.path:
-        sys.path.insert(0, _ROOT)
-
-from data.demo import lexicon as lx  # noqa: E402
-from data.demo.raw import IMG_SET, SPLITS, WORD_DELIMITER, DemoConfig, corpus_texts, write_raw  # noqa: E402
-from data.demo.stats import format_stats, summarize_counts, vqa_answer_stats  # noqa: E402
-from data.errors import DataError  # noqa: E402
+from data.demo import lexicon as lx
+from data.demo.raw import IMG_SET, SPLITS, WORD_DELIMITER, DemoConfig, corpus_texts, write_raw
+from data.demo.stats import format_stats, summarize_counts, vqa_answer_stats
+from utils.atomic import atomic_write_text, temp_dir_for
+from utils.errors import DataError
 
 DEFAULT_VOCAB_SIZE = 1000  # SentencePiece soft limit; with word boundaries marked the demo text gives ~430
 DEFAULT_BOX_RULE = {"conf_th": 0.2, "max_bb": 100, "min_bb": 3}
@@ -127,9 +123,7 @@ def _fix_meta_paths(txt: Path, tmp_root: Path, out: Path) -> None:
         tok_path = str(meta.get("tokenizer", ""))
         if tok_path.startswith(str(tmp_root)):
             meta["tokenizer"] = str(out) + tok_path[len(str(tmp_root)):]
-            tmp_file = meta_path.with_name("meta.json.tmp")
-            tmp_file.write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
-            tmp_file.replace(meta_path)
+            atomic_write_text(meta_path, json.dumps(meta, ensure_ascii=False, indent=1))
 
 
 def _by_key(per_split: dict) -> dict:
@@ -177,8 +171,7 @@ def build_demo_corpus(out_dir: str | os.PathLike, seed: int = 42, n_train: int =
     rule = {"conf_th": conf_th, "max_bb": max_bb, "min_bb": min_bb}
     out = Path(out_dir).expanduser().resolve()
     _check_target(out, force)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_dir_for(out)
     tmp.mkdir(parents=True)
     try:
         raw_stats = write_raw(tmp / "raw", cfg, progress)

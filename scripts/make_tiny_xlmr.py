@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
+from utils.atomic import atomic_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -47,7 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def read_captions(paths: Sequence[Path]) -> list[str]:
-    from data.errors import DataError
+    from utils.errors import DataError
 
     captions = []
     for path in paths:
@@ -127,15 +126,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         ids_list = [ids for ids in (tokenizer.encode(c) for c in read_captions(args.text)) if ids]
         ids_list = [ids[: args.max_positions - 4] for ids in ids_list]
         losses = train(model, ids_list, tokenizer, args)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    for item in args.tokenizer.iterdir():  # the tokenizer travels with the weights, as in the HF layout
-        if item.is_file():
-            shutil.copy2(item, tmp / item.name)
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    tmp.rename(args.out)
+    with atomic_dir(args.out, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        for item in args.tokenizer.iterdir():  # the tokenizer travels with the weights, as in the HF layout
+            if item.is_file():
+                shutil.copy2(item, tmp / item.name)
     first = sum(losses[:20]) / max(len(losses[:20]), 1) if losses else float("nan")
     last = sum(losses[-20:]) / max(len(losses[-20:]), 1) if losses else float("nan")
     print(f"tiny XLM-R: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "

@@ -8,7 +8,7 @@ or, without them, the ``step N: ...`` / ``validation at step N: ...`` lines of `
 * ``loss.png``: ``loss/<task>`` over optimizer steps, one line per task;
 * ``validation.png``: ``val/<task>/<metric>`` over steps, one panel per task;
 * ``lr.png``: the learning rate over steps.
-From an evaluation result (``results.json`` of ``utils.results_table.write_tables``: ``RUN_DIR/results.json``,
+From an evaluation result (``results.json`` of ``evaluation.results_table.write_tables``: ``RUN_DIR/results.json``,
 ``RUN_DIR/results/results.json`` or ``--results FILE``; RUN_DIR may also be that file itself):
 * ``ar_by_lang.png``: AR per language, one bar per setting;
 * ``vqa.png``: VQA score / accuracy against the majority baseline, when the result has VQA rows.
@@ -26,18 +26,13 @@ import os
 import re
 import struct
 import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__":  # run as a script from any cwd: make the repository's packages importable
-    _ROOT = str(Path(__file__).resolve().parents[1])
-    if _ROOT not in sys.path:
-        sys.path.insert(0, _ROOT)
-
-from data.errors import DataError  # noqa: E402
+from utils.atomic import atomic_write
+from utils.errors import DataError
 
 # tag -> {step: value}; steps are optimizer steps
 Series = dict[str, dict[int, float]]
@@ -179,7 +174,7 @@ def load_results(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
     if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object with 'detail' / 'vqa' lists (utils.results_table)")
+        raise DataError(f"{path}: expected a JSON object with 'detail' / 'vqa' lists (evaluation.results_table)")
     for key in ("detail", "vqa"):
         rows = data.get(key, [])
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
@@ -219,19 +214,11 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    """Save a figure as PNG through a temporary file in the same folder, then rename it into place."""
-    plt = _pyplot()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
+    """Save a figure as PNG atomically (temporary file in the same folder, then renamed into place)."""
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"))
     finally:
-        plt.close(fig)
-    return path
+        _pyplot().close(fig)
 
 
 def _plot_lines(ax, series: Series, tags: Sequence[str], strip: str) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -23,13 +22,11 @@ import torch
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # when run as a script by a subprocess test
-    sys.path.insert(0, str(REPO_ROOT))
 
-from utils import distributed as du  # noqa: E402
-from utils.config import parse_args_and_config  # noqa: E402
-from utils.run_config import TrainConfig  # noqa: E402
-from utils.trainer import Trainer  # noqa: E402
+from utils import distributed as du
+from utils.config import parse_args_and_config
+from training.run_config import TrainConfig
+from training.trainer import Trainer
 
 IN_DIM = 4
 

@@ -13,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Subprocess tests run scripts/*.py directly. `make setup` installs the project (pip install -e .); a bare
+# checkout's tests put the repository on the children's import path instead, as pytest.ini does for pytest.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def _fixture_root() -> Path:

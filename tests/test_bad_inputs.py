@@ -33,14 +33,14 @@ import prepro
 import pretrain
 import train_itm
 import train_vqa
-from data.errors import DataError
+from utils.errors import DataError
 from data.img_db import ImgDb, ImgDbWriter
 from data.txt_db import TxtDbWriter
 from scripts import convert_imgdir, make_demo_data
 from tests._bad_input_helpers import (build_setup, copy_db, expect_error, leftovers, pretrain_config, snapshot,
                                       truncate, write_json)
-from utils.checkpoint import CheckpointError
-from utils.config import ConfigError
+from utils.errors import CheckpointError
+from utils.errors import ConfigError
 
 IMG_SUBDIR = "feat_th0.2_max100_min3"  # the demo corpus' box rule (conf_th 0.2, max_bb 100, min_bb 3)
 NBB_JSON = "nbb_th0.2_max100_min3.json"
@@ -643,7 +643,7 @@ def test_inf_vqa_unknown_answer_file(root, tmp_path):
 
 def test_inf_vqa_pretraining_checkpoint_is_not_a_vqa_model(root, tmp_path):
     from utils.config import to_dict
-    from utils.vqa_config import VQAConfig
+    from training.vqa_config import VQAConfig
 
     run = tmp_path / "vqa_run"  # only the run config: the demo's box rule (min_bb 3) is not the default
     run.mkdir()

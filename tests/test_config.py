@@ -9,7 +9,7 @@ from optim.adamw import build_optimizer
 from optim.sched import build_scheduler, lr_factor
 from utils.config import (ConfigError, config_help, from_dict, load_config, load_json, load_original_config,
                           parse_args_and_config, to_dict)
-from utils.run_config import DatasetSpec, PretrainConfig, TrainConfig
+from training.run_config import DatasetSpec, PretrainConfig, TrainConfig
 
 DS = {"name": "coco", "db": ["a.db"], "img": ["coco_img"], "tasks": ["mlm", "itm"], "mix_ratio": [2, 1]}
 

@@ -9,7 +9,7 @@ import msgpack_numpy
 import numpy as np
 import pytest
 
-from data.errors import DataError
+from utils.errors import DataError
 from data.img_db import ImgDb
 from data.lmdb_env import open_lmdb
 from scripts.convert_imgdir import convert_imgdir, summary_line

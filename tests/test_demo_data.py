@@ -14,7 +14,7 @@ from data.demo import grammar, lexicon as lx
 from data.demo.grammar import Description, Mention
 from data.demo.raw import DemoConfig, image_captions, image_questions, make_scene, write_raw
 from data.demo.scene import FEAT_DIM, NUM_CLASSES, Scene, SceneObject
-from data.errors import DataError
+from utils.errors import DataError
 
 SMALL = DemoConfig(seed=3, n_train=20, n_val=5, n_test=5, captions_per_image=3)
 
@@ -46,7 +46,7 @@ def test_same_seed_identical_files_other_seed_differs(raw, tmp_path):
 
 
 def test_bad_sizes_are_config_errors_naming_the_option():
-    from utils.config import ConfigError
+    from utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"'n_val' must be an integer >= 1, got 0"):
         DemoConfig(n_val=0)

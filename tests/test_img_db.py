@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data.errors import DataError
+from utils.errors import DataError
 from data.img_db import ImgDb, ImgDbWriter, compute_num_bb
 from data.txt_db import TxtDb, TxtDbWriter
 

@@ -1,4 +1,4 @@
-"""The retrieval scoring engine (utils/itm_eval.py) against a naive per-pair loop, across ranks, on disk."""
+"""The retrieval scoring engine (evaluation/itm_eval.py) against a naive per-pair loop, across ranks, on disk."""
 from __future__ import annotations
 
 import json
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from data.collate import collate_backbone, pack_indices, xlmr_position_ids
-from data.errors import DataError
+from utils.errors import DataError
 from model.config import UC2ModelConfig
 from model.model import UC2ForImageTextRetrieval, UC2ForPretraining
-from utils import itm_eval
-from utils.itm_eval import RetrievalSet, ScoreSettings
+from evaluation import itm_eval
+from evaluation.itm_eval import RetrievalSet, ScoreSettings
 
 IMG_DIM = 8
 

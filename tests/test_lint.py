@@ -195,7 +195,7 @@ def test_ablation_variant_that_changes_nothing_is_refused(repo_root, tmp_path):
 
 
 def test_ablation_summary_table_means_and_spreads(repo_root, tmp_path):
-    from utils.results_table import write_tables
+    from evaluation.results_table import write_tables
 
     langs = ["en", "de"]
     for variant, seed, ars in [("full", 1, [60.0, 50.0]), ("full", 2, [62.0, 52.0]),

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from data.labels import LabelVocab
-from data.tasks.base import ExampleSource, ObjectiveSettings, mask_regions
-from data.tasks.mlm import MlmObjective, mask_tokens
-from data.tasks.mrtm import MrtmObjective
-from data.tasks.vtlm import VtlmObjective, co_mask
+from tasks.base import ExampleSource, ObjectiveSettings, mask_regions
+from tasks.mlm import MlmObjective, mask_tokens
+from tasks.mrtm import MrtmObjective
+from tasks.vtlm import VtlmObjective, co_mask
 
 MASK = 99_999
 META = {"CLS": 0, "SEP": 2, "MASK": MASK, "v_range": [5, 90_000]}
@@ -98,7 +98,7 @@ def test_mlm_example_same_seed_same_masks_and_wrapped_labels():
 # --- ITM -----------------------------------------------------------------------------------------
 
 def test_itm_negatives_are_other_images_with_the_configured_rate():
-    from data.tasks.itm import ItmObjective
+    from tasks.itm import ItmObjective
     examples = {f"c{k}": {"input_ids": [5, 6, 7], "img_fname": f"i{k}"} for k in range(4)}
     source = source_of(examples)
     itm = ItmObjective(ObjectiveSettings(itm_neg_prob=0.3))
@@ -117,7 +117,7 @@ def test_itm_negatives_are_other_images_with_the_configured_rate():
 
 
 def test_source_names_a_missing_image():
-    from data.errors import DataError
+    from utils.errors import DataError
     txt = FakeTxtDb({"c0": {"input_ids": [5], "img_fname": "gone.npz"}})
     with pytest.raises(DataError, match="no image 'gone.npz'"):
         ExampleSource([(txt, FakeImgDb({"i0": fake_image(3)}))])
@@ -198,8 +198,8 @@ def test_vtlm_mix_mode_masks_some_examples_independently():
 
 
 def test_vtlm_bad_mode_and_bad_word_positions_raise():
-    from utils.config import ConfigError
-    from data.errors import DataError
+    from utils.errors import ConfigError
+    from utils.errors import DataError
     with pytest.raises(ConfigError, match="vtlm_mask_mode"):
         VtlmObjective(ObjectiveSettings(vtlm_mask_mode="half"))
     source = paired_source()

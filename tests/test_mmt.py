@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from data.tasks.translation import Degradation, degrade_ids
+from tasks.translation import Degradation, degrade_ids
 from model.seq2seq import SpecialIds
 from model.xlm import XlmConfig, XlmModel
 from model.xlm_seq2seq import build_from_xlm, xlm_copy_plan
-from utils.mmt_eval import image_awareness, masked_word_accuracy, permutations, seed_table
+from evaluation.mmt_eval import image_awareness, masked_word_accuracy, permutations, seed_table
 from tests.helpers_mmt import one_thread  # noqa: F401 (autouse fixture)
 
 SPECIAL = SpecialIds(bos=0, eos=2, pad=1)
@@ -190,7 +190,7 @@ def test_early_stopping_and_nmt_delta_zero(demo, tmp_path):
                                   "mmt_m30k_en-de_scratch.json"])
 def test_shipped_configs_parse(name, repo_root, monkeypatch):
     from utils.config import load_config
-    from utils.mmt_config import MmtConfig
+    from training.mmt_config import MmtConfig
 
     monkeypatch.setenv("UC2_DEMO_DIR", "/demo")
     cfg = load_config(MmtConfig, repo_root / "config" / name)

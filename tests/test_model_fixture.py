@@ -12,7 +12,7 @@ import torch
 from model.config import UC2ModelConfig
 from model.model import UC2ForImageTextRetrieval, UC2ForPretraining, UC2ForVQA, gather_positions
 from model.weights import load_uc2_checkpoint
-from utils.config import ConfigError
+from utils.errors import ConfigError
 
 CLS, SEP = 0, 2
 

@@ -8,7 +8,7 @@ import gzip
 import pytest
 
 import prepro
-from data.errors import DataError
+from utils.errors import DataError
 from data.multi30k import build_multi30k, db_path, seed_preprocess
 from data.tokenizer import load_tokenizer
 from data.txt_db import TxtDb

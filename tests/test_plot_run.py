@@ -1,4 +1,4 @@
-"""scripts/plot_run.py on tiny run directories made here with tensorboardX and utils.results_table."""
+"""scripts/plot_run.py on tiny run directories made here with tensorboardX and evaluation.results_table."""
 from __future__ import annotations
 
 import json
@@ -10,11 +10,11 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="matplotlib is needed for plot_run (pip install -r requirements.txt)")
 
-from data.errors import DataError  # noqa: E402
+from utils.errors import DataError  # noqa: E402
 from scripts.plot_run import (ar_table, iter_event_records, loss_groups, plot_losses,  # noqa: E402
                               plot_run, read_log_text, read_tensorboard)
 from utils.logger import RunLogger  # noqa: E402
-from utils.results_table import write_tables  # noqa: E402
+from evaluation.results_table import write_tables  # noqa: E402
 
 TASKS = ("mlm_demo_en", "itm_demo_en", "vtlm_demo_en_de")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 import prepro as prepro_cli
-from data.errors import DataError
+from utils.errors import DataError
 from data.lmdb_env import open_lmdb
 from data.prepro import (build_ans2label, build_caption_dbs, build_paired_db, build_vqa_db, load_img_names,
                          normalize_answer, vqa_soft_score, vqa_target)

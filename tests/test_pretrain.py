@@ -25,7 +25,7 @@ from model.weights import load_uc2_checkpoint
 from tests._pretrain_helpers import REPO_ROOT, build_demo_dir, run_args, write_small_config
 from tests.helpers import one_thread  # noqa: F401 - autouse fixture
 from utils.config import parse_args_and_config
-from utils.run_config import PretrainConfig
+from training.run_config import PretrainConfig
 
 HELPER = REPO_ROOT / "tests" / "_pretrain_helpers.py"
 N_STEPS, K_STEPS = 40, 20  # the resume tests stop at K and continue to N (checkpoints every 10 steps)

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from utils import results_table as rt
-from utils.results_table import (Result, demo_markdown, detail_markdown, table1_markdown, table1_rows,
+from evaluation import results_table as rt
+from evaluation.results_table import (Result, demo_markdown, detail_markdown, table1_markdown, table1_rows,
                                  tables_json, vqa_markdown, write_tables)
 
 EN_ONLY = "English-only fine-tune"

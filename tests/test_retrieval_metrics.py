@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.retrieval_metrics import (brute_force_recalls, coco_1k_folds, meta_average,
+from evaluation.retrieval_metrics import (brute_force_recalls, coco_1k_folds, meta_average,
                                      retrieval_recalls)
 
 KS3 = (1, 2, 3)

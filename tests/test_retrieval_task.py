@@ -1,4 +1,4 @@
-"""Retrieval fine-tuning task (data/tasks/retrieval.py) on in-memory stand-in databases."""
+"""Retrieval fine-tuning task (tasks/retrieval.py) on in-memory stand-in databases."""
 from __future__ import annotations
 
 from itertools import islice
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import DataError
-from data.tasks import retrieval
-from data.tasks.retrieval import PairSource, RankDataset, RankSettings, RetrievalTask, hinge_rank_loss
+from utils.errors import DataError
+from tasks import retrieval
+from tasks.retrieval import PairSource, RankDataset, RankSettings, RetrievalTask, hinge_rank_loss
 from model.config import UC2ModelConfig
 from model.model import UC2ForImageTextRetrieval
-from utils import itm_eval
+from evaluation import itm_eval
 
 IMG_DIM = 8
 

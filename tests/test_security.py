@@ -12,7 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from data.errors import DataError
+from utils.errors import DataError
 from data.img_db import ImgDb, ImgDbWriter, decode_img_value
 from data.lmdb_env import close_lmdb
 from data.txt_db import TxtDb, TxtDbWriter, read_txt_value

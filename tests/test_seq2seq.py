@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data.errors import DataError
+from utils.errors import DataError
 from model.seq2seq import (DecoderConfig, EncoderOutput, build_from_uc2, count_parameters, init_decoder_from_uc2,
                            load_pretrained, load_seq2seq_state)
 from model.weights import save_uc2_checkpoint

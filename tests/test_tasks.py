@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import DataError
+from utils.errors import DataError
 from data.img_db import ImgDb, ImgDbWriter
 from data.labels import LabelVocab
-from data.tasks.base import ObjectiveSettings
-from data.tasks.build import build_pretrain_tasks
-from data.tasks.registry import TaskRegistry, get_task, known_tasks
+from tasks.base import ObjectiveSettings
+from tasks.build import build_pretrain_tasks
+from tasks.registry import TaskRegistry, get_task, known_tasks
 from data.txt_db import TxtDb, TxtDbWriter
 from model.config import UC2ModelConfig
 from model.model import UC2ForPretraining
-from utils.config import ConfigError
-from utils.run_config import DatasetSpec, PretrainConfig
+from utils.errors import ConfigError
+from training.run_config import DatasetSpec, PretrainConfig
 
 VOCAB, MASK, FEAT_DIM, CLASSES = 200, 199, 8, 6
 META = {"CLS": 0, "SEP": 2, "MASK": MASK, "UNK": 3, "v_range": [5, MASK], "bert": "tiny"}
@@ -242,7 +242,7 @@ def _original_model_and_cases(root):
 def test_collate_and_heads_reproduce_original_outputs(orig_fixtures):
     """Our collate (packing, positions, img_mask_tgt) fed to our model gives the original's scores."""
     from data.collate import box_pos_feat, collate_backbone, img_mask_target, pad_labels, xlmr_position_ids
-    from data.tasks.mlm import token_prediction
+    from tasks.mlm import token_prediction
 
     model, cases, arrays = _original_model_and_cases(orig_fixtures / "model")
 
@@ -285,7 +285,7 @@ def test_collate_and_heads_reproduce_original_outputs(orig_fixtures):
 
 
 def test_original_txt_db_paired_example_co_masks_by_its_integer_keyed_alignment(orig_fixtures):
-    from data.tasks.base import ExampleSource
+    from tasks.base import ExampleSource
     txt = TxtDb(orig_fixtures / "txt_db" / "demo.db")
     source = ExampleSource([(txt, ImgDb(orig_fixtures / "img_db" / "demo_imgs"))])
     index = txt.ids.index("p0")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from data.errors import DataError
+from utils.errors import DataError
 from data.tokenizer import SPM_FILE, load_tokenizer, train_sentencepiece_tokenizer
 from tests.helpers import make_tiny_tokenizer, tiny_sentences
 

@@ -16,7 +16,7 @@ from data.txt_db import TxtDbWriter
 from model.config import UC2ModelConfig
 from model.model import UC2ForPretraining
 from utils.config import ConfigError, load_config
-from utils.itm_config import RetrievalConfig, RetrievalEvalConfig
+from training.itm_config import RetrievalConfig, RetrievalEvalConfig
 
 IMG_DIM = 8
 N_TOPICS = 10

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.errors import DataError
+from utils.errors import DataError
 from data.img_db import ImgDbWriter
 from data.txt_db import TxtDbWriter
 

@@ -13,9 +13,9 @@ import torch
 from scripts.plot_run import read_log_text
 from tests._toy_tasks import ToyModel, ToyTask, build, main as toy_main
 from utils.checkpoint import CheckpointError, load_torch_file
-from utils.config import ConfigError
-from utils.run_config import TrainConfig
-from utils.trainer import Trainer
+from utils.errors import ConfigError
+from training.run_config import TrainConfig
+from training.trainer import Trainer
 
 TOY = Path(__file__).resolve().parent / "_toy_tasks.py"
 ARGS = ["--num_train_steps", "7", "--warmup_steps", "2", "--learning_rate", "0.01", "--save_steps", "2",

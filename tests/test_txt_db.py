@@ -9,7 +9,7 @@ import msgpack_numpy
 import numpy as np
 import pytest
 
-from data.errors import DataError
+from utils.errors import DataError
 from data.lmdb_env import close_lmdb, open_lmdb
 from data.txt_db import TxtDb, TxtDbWriter, encode_txt_value, read_txt_value
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.vqa_metrics import (accuracy, bleu_char, majority_baseline, most_common_answer,
+from evaluation.vqa_metrics import (accuracy, bleu_char, majority_baseline, most_common_answer,
                                vqa_score)
 
 # q0: predicted 3 is gold with 1.0; q1: predicted 1 not gold -> 0;

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from data.errors import DataError
-from data.tasks.vqa import (VqaObjective, check_db_vocab, read_target, soft_target_matrix, vqa_bce_loss)
+from utils.errors import DataError
+from tasks.vqa import (VqaObjective, check_db_vocab, read_target, soft_target_matrix, vqa_bce_loss)
 from model.config import UC2ModelConfig
 from model.model import UC2ForVQA
 from optim.adamw import build_optimizer
 from optim.sched import build_scheduler, lr_factor
 from utils.config import ConfigError, load_config
-from utils.vqa_config import VQAConfig
+from training.vqa_config import VQAConfig
 
 LABEL2ANS = ["red", "blue", "green", "yellow"]
 
@@ -104,7 +104,7 @@ def test_validation_counts_all_oov_question_as_zero():
 
 
 def test_objective_needs_its_answer_vocabulary():
-    from data.tasks.registry import get_task
+    from tasks.registry import get_task
 
     assert get_task("vqa") is VqaObjective
     with pytest.raises(ConfigError, match="needs its answer vocabulary"):
@@ -162,7 +162,7 @@ def test_task_reads_prepro_built_txt_db(tmp_path):
 
     from data.img_db import ImgDbWriter
     from data.prepro import build_vqa_db
-    from data.tasks.vqa import build_vqa_task, load_label2ans
+    from tasks.vqa import build_vqa_task, load_label2ans
     from tests.helpers import make_tiny_tokenizer, write_jsonl
     from tests.test_train_vqa import _image_arrays
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.tasks.base import ObjectiveSettings
-from data.tasks.vtlmc import (REGION_KEEP, REGION_MASK, REGION_NONE, REGION_RANDOM, TlmcObjective, VtlmcObjective,
+from tasks.base import ObjectiveSettings
+from tasks.vtlmc import (REGION_KEEP, REGION_MASK, REGION_NONE, REGION_RANDOM, TlmcObjective, VtlmcObjective,
                               draw_region_actions, mask_text, pair_sequence, replace_random_regions)
 from model.xlm import XlmConfig, XlmModel
 from tests.helpers_mmt import one_thread  # noqa: F401 (autouse fixture)
@@ -108,7 +108,7 @@ class _Source:
         self.pairs = [([10 + i, 11 + i], [20 + i, 21, 22]) for i in range(4)]
 
     def text(self, index):
-        from data.tasks.base import TextRecord
+        from tasks.base import TextRecord
         ids1, ids2 = self.pairs[index]
         fields = {"input_ids_lang1": ids1, "input_ids_lang2": ids2, "img_fname": index % 2, "lang1": "en",
                   "lang2": "de"}

@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from data.errors import DataError
+from utils.errors import DataError
 from model.config import UC2ModelConfig
 from model.model import UC2ForImageTextRetrieval, UC2ForPretraining, UC2ForVQA
 from model.weights import init_from_xlmr, load_uc2_checkpoint, save_uc2_checkpoint, save_uc2_state_dict

@@ -14,63 +14,18 @@ the step as complete. Everything is loaded with ``torch.load(weights_only=True)`
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
+from utils.atomic import atomic_torch_save, atomic_write_json
+from utils.errors import CheckpointError
 from utils.misc import git_info
 
 # keys that may change between the first run and its resumption without making it a different run
 RUNTIME_KEYS = frozenset({"resume", "n_workers", "pin_mem", "log_steps", "dist_timeout_s"})
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or run directory is unusable; the message names the file and what is wrong."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# atomic writes
-# ----------------------------------------------------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some file systems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
-    """Call ``write(binary_file)`` on a temp file beside ``path``, fsync it and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` that leaves either the old file or the complete new one."""
-    atomic_write(path, lambda fh: torch.save(obj, fh))
-
-
-def atomic_write_json(obj: Any, path: str | Path) -> None:
-    """Write ``obj`` as indented JSON atomically."""
-    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    atomic_write(path, lambda fh: fh.write(data))
 
 
 def load_torch_file(path: str | Path) -> Any:

@@ -22,13 +22,11 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
 
+from utils.errors import ConfigError
+
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 _MISSING = dataclasses.MISSING
-
-
-class ConfigError(ValueError):
-    """A config file, key or override is wrong; the message names the file or key path."""
 
 
 def field(default: Any = _MISSING, *, help: str, default_factory: Any = _MISSING) -> Any:  # noqa: A002

@@ -23,12 +23,10 @@ from typing import Any, Callable, Iterable, TypeVar
 import torch
 import torch.distributed as dist
 
+from utils.errors import DistributedError
+
 T = TypeVar("T")
 DEFAULT_BUCKET_BYTES = 32 * 1024 * 1024
-
-
-class DistributedError(RuntimeError):
-    """A collective failed (usually another rank died or timed out)."""
 
 
 @dataclass(frozen=True)

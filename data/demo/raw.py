@@ -27,7 +27,7 @@ import numpy as np
 
 from data.demo import grammar, lexicon as lx, vqa
 from data.demo.scene import FEAT_DIM, Prototypes, Scene, make_prototypes, sample_scene, scene_regions
-from utils.config import ConfigError
+from utils.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 IMG_SET = "demo_imgs"

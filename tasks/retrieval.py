@@ -29,12 +29,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.collate import collate_backbone
-from data.errors import DataError
+from utils.errors import DataError
 from data.sampler import TokenBucketSampler
-from data.tasks.base import LoaderOptions, move_to, run_backbone, text_example, wrap_text
-from data.tasks.registry import register_task
-from utils import itm_eval
-from utils.retrieval_metrics import retrieval_recalls
+from tasks.base import LoaderOptions, run_backbone, text_example, wrap_text
+from utils.device import move_to_device
+from tasks.registry import register_task
+from evaluation import itm_eval
+from evaluation.retrieval_metrics import retrieval_recalls
 
 BACKBONE_KEYS = ("input_ids", "position_ids", "img_feat", "img_pos_feat", "attn_masks", "gather_index")
 
@@ -266,7 +267,7 @@ class RetrievalTask:
                             collate_fn=rank_collate, num_workers=opts.num_workers, pin_memory=opts.pin_memory,
                             generator=torch.Generator().manual_seed(self.sampler.seed))
         for batch in loader:
-            yield move_to(batch, opts.device)
+            yield move_to_device(batch, opts.device)
 
     def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Hinge loss of one micro-batch; pools larger than k are mined for hard negatives first."""

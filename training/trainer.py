@@ -23,10 +23,12 @@ from torch import Tensor, nn
 from optim.adamw import build_optimizer
 from optim.sched import build_scheduler
 from utils import distributed as du
-from utils.checkpoint import CheckpointError, CheckpointManager, check_run_dir, prepare_run_dir
-from utils.config import ConfigError, to_dict
+from utils.checkpoint import CheckpointManager, check_run_dir, prepare_run_dir
+from utils.config import to_dict
+from utils.errors import CheckpointError, ConfigError
 from utils.logger import RunLogger
-from utils.misc import autocast, batch_size_of, make_grad_scaler, move_to_device, step_seed
+from utils.device import autocast, make_grad_scaler, move_to_device, pick_device
+from utils.misc import batch_size_of, step_seed
 
 
 class TrainTask(Protocol):
@@ -40,11 +42,6 @@ class TrainTask(Protocol):
     def compute_loss(self, model: nn.Module, batch: dict) -> tuple[Tensor, dict[str, float]]: ...
 
     def validate(self, model: nn.Module) -> dict[str, float]: ...
-
-
-def default_device() -> torch.device:
-    """This rank's CUDA device when there is one, else the CPU."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -66,7 +63,7 @@ class Trainer:
     Args:
         model: the module; moved to ``device``. Its ``state_dict()`` keys are what model files hold.
         tasks: objects following :class:`TrainTask`; names must be unique, weights positive.
-        cfg: a :class:`utils.run_config.TrainConfig` (or subclass).
+        cfg: a :class:`training.run_config.TrainConfig` (or subclass).
         optimizer, scheduler: defaults are :func:`optim.adamw.build_optimizer` (with ``lr_multipliers``)
             and :func:`optim.sched.build_scheduler`.
         model_config: written to ``OUT/model.json``.
@@ -84,7 +81,7 @@ class Trainer:
         if best_mode not in ("max", "min"):
             raise ConfigError(f"trainer: best_mode must be 'max' or 'min', got {best_mode!r}")
         self.cfg = cfg
-        self.device = device or default_device()
+        self.device = device or pick_device()
         self.model = model.to(self.device)
         self.tasks = self._check_tasks(tasks)
         self.optimizer = optimizer or build_optimizer(self.model, cfg, lr_multipliers)

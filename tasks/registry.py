@@ -1,6 +1,6 @@
 """Registry of pretraining objectives by name (``@register_task("mlm")``).
 
-A new objective is one module with a registered :class:`data.tasks.base.Objective` subclass; the
+A new objective is one module with a registered :class:`tasks.base.Objective` subclass; the
 builder looks it up here. Unknown or duplicate names raise an error listing the known ones.
 """
 from __future__ import annotations
@@ -69,4 +69,4 @@ def known_tasks() -> list[str]:
 
 def load_builtin_tasks() -> None:
     """Import the task modules so that their decorators run (idempotent: Python caches imports)."""
-    from data.tasks import itm, mlm, mrc, mrfr, mrtm, retrieval, vqa, vtlm, vtlmc  # noqa: F401
+    from tasks import itm, mlm, mrc, mrfr, mrtm, retrieval, vqa, vtlm, vtlmc  # noqa: F401

@@ -16,7 +16,7 @@ from torch import nn
 
 from model.config import UC2ModelConfig
 from utils import distributed as du
-from utils.config import ConfigError
+from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -67,19 +67,12 @@ def init_weights(model: nn.Module, cfg, xlmr_dir: str = "", partial: tuple[str, 
         load_uc2_checkpoint(model, path, allow_partial=True)
 
 
-def pick_device() -> torch.device:
-    """This rank's GPU when CUDA is available, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main``: set up logging, and turn the project's own errors (bad config, data,
     checkpoint or a failed rank — each message names the file/key) into one ``error: ...`` line and exit
     status 1 instead of a traceback. Programming errors still show their traceback."""
-    from utils.checkpoint import CheckpointError
-    from utils.distributed import DistributedError
+    from utils.errors import CheckpointError
+    from utils.errors import DistributedError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from utils.config import ConfigError, field
-from utils.run_config import Precision, TrainConfig
+from utils.config import field
+from utils.errors import ConfigError
+from training.run_config import Precision, TrainConfig
 
 @dataclass
 class RetrievalSetSpec:
@@ -35,7 +36,7 @@ class RetrievalSetSpec:
 
 @dataclass
 class EvalOptions:
-    """How the cross-encoder scores a test set (see utils/itm_eval.py)."""
+    """How the cross-encoder scores a test set (see evaluation/itm_eval.py)."""
 
     txt_block: int = field(8, help="captions per scoring batch block")
     img_block: int = field(64, help="images per scoring batch block (pairs per batch = txt_block * img_block)")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data.errors import DataError
-from data.tasks.base import ExampleSource, ObjectiveSettings, text_example
-from data.tasks.mlm import TokenPredictionObjective, apply_actions, draw_actions, mask_tokens
-from data.tasks.registry import register_task
-from utils.config import ConfigError
+from utils.errors import DataError
+from tasks.base import ExampleSource, ObjectiveSettings, text_example
+from tasks.mlm import TokenPredictionObjective, apply_actions, draw_actions, mask_tokens
+from tasks.registry import register_task
+from utils.errors import ConfigError
 
 MASK_MODES = ("full", "mix")
 CO_MASK_SHARE = 0.5  # "mix" mode: share of co-masked examples

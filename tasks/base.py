@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.collate import box_pos_feat, collate_backbone, img_mask_target, pad_sequences, xlmr_position_ids
-from data.errors import DataError
+from utils.device import move_to_device
+from utils.errors import DataError
 
 NUM_SPECIALS = 2  # <s> and </s> around a caption
 
@@ -214,15 +215,6 @@ class TaskDataset(Dataset):
         return self.objective.build_example(self.source, int(index), np.random.default_rng(int(draw_seed)))
 
 
-def move_to(batch: Any, device: torch.device | str) -> Any:
-    """Tensors of a (nested) batch moved to ``device``; other values unchanged."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: move_to(v, device) for k, v in batch.items()}
-    return batch
-
-
 class _BatchesFrom:
     """Iterable batch sampler starting at ``start_batch`` (DataLoader calls ``iter`` once)."""
 
@@ -279,7 +271,7 @@ class PretrainTask:
     def train_batches(self, start_batch: int = 0) -> Iterator[dict]:
         """Infinite, deterministic batches on the task's device, skipping the first ``start_batch``."""
         for batch in self._loader(self.train_data, _BatchesFrom(self.train_sampler, start_batch)):
-            yield move_to(batch, self.options.device)
+            yield move_to_device(batch, self.options.device)
 
     def compute_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         return self.objective.compute_loss(model, batch)
@@ -293,7 +285,7 @@ class PretrainTask:
         model.eval()
         sums = dict.fromkeys(self.objective.stat_keys, 0.0)
         for batch in self._loader(self.val_data, self.val_sampler):
-            for key, value in self.val_data.objective.eval_stats(model, move_to(batch, self.options.device)).items():
+            for key, value in self.val_data.objective.eval_stats(model, move_to_device(batch, self.options.device)).items():
                 sums[key] += float(value)
         model.train(was_training)
         return self.objective.finalize(_all_reduce_sums(sums, self.options.device))

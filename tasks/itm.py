@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from data.collate import collate_backbone
-from data.tasks.base import ExampleSource, Objective, run_backbone, text_example, wrap_text
-from data.tasks.registry import register_task
+from tasks.base import ExampleSource, Objective, run_backbone, text_example, wrap_text
+from tasks.registry import register_task
 
 
 def itm_logits(model, batch: dict) -> torch.Tensor:

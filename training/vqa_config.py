@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.config import ConfigError, field
-from utils.run_config import TrainConfig
+from utils.config import field
+from utils.errors import ConfigError
+from training.run_config import TrainConfig
 
 #: Name of the one VQA task in the trainer, and prefix of its validation metrics (``vqa/vqa_score``).
 VQA_TASK_NAME = "vqa"

@@ -2,7 +2,7 @@
 
 Every function returns a plain ``dict[str, float]`` (counts too), percentages in [0, 100], so results fit
 the trainer's ``validate() -> dict[str, float]`` contract and the VQA results table
-(:mod:`utils.results_table`) directly.
+(:mod:`evaluation.results_table`) directly.
 
 Answer strings are compared after ``str.strip()`` only: no lower-casing or punctuation rules, because the
 Japanese VG-VQA answers the accuracy/BLEU metrics are used for have no case, and VQA v2 answers are already

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from data.collate import collate_backbone, pad_labels
-from data.errors import DataError
-from data.tasks.base import ExampleSource, Objective, run_backbone, text_example, wrap_text
-from data.tasks.registry import register_task
+from utils.errors import DataError
+from tasks.base import ExampleSource, Objective, run_backbone, text_example, wrap_text
+from tasks.registry import register_task
 
 # Of the chosen tokens: below 0.8 -> <mask>, below 0.9 -> random id, else unchanged (BERT's 80/10/10).
 MASK_SHARE = 0.8

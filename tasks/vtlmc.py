@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from data.collate import collate_backbone, img_mask_target, pad_labels, pad_sequences
-from data.errors import DataError
-from data.tasks.base import ExampleSource, Objective, ObjectiveSettings, run_backbone, text_example
-from data.tasks.mlm import apply_actions, draw_actions
-from data.tasks.registry import register_task
+from utils.errors import DataError
+from tasks.base import ExampleSource, Objective, ObjectiveSettings, run_backbone, text_example
+from tasks.mlm import apply_actions, draw_actions
+from tasks.registry import register_task
 
 REGION_PRED = 0.15  # share of regions chosen (the seed's region_pred)
 REGION_SHARES = (0.8, 0.1, 0.1)  # of the chosen: mask / keep / random

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from data.tasks.base import RegionMaskObjective
-from data.tasks.registry import register_task
+from tasks.base import RegionMaskObjective
+from tasks.registry import register_task
 
 
 @register_task("mrfr")

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from data.collate import pad_sequences
-from data.errors import DataError
-from data.tasks.base import ExampleSource, Objective, ObjectiveSettings, PretrainTask, move_to, text_example
-from data.tasks.vtlmc import collate_xlm
+from utils.errors import DataError
+from tasks.base import ExampleSource, Objective, ObjectiveSettings, PretrainTask, text_example
+from tasks.vtlmc import collate_xlm
+from utils.device import move_to_device
 
 DEGRADE_MODES = ("none", "words", "progressive")
 
@@ -141,7 +142,7 @@ class TranslationTask(PretrainTask):
         data, sampler = data or self.val_data, sampler or self.val_sampler
         rows = []
         for batch in self._loader(data, sampler):
-            hyps = generate(model, move_to(batch["src"], self.options.device), self.search)
+            hyps = generate(model, move_to_device(batch["src"], self.options.device), self.search)
             texts = [self.decode(h.tokens) for h in hyps]
             rows += zip(batch["index"], texts, batch["refs"], batch["src_texts"], batch["masked_words"])
         rows = sorted({r[0]: r for part in du.all_gather_object(rows) for r in part}.values())

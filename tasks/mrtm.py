@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.errors import DataError
-from data.tasks.base import RegionMaskObjective, TextRecord
-from data.tasks.registry import register_task
+from utils.errors import DataError
+from tasks.base import RegionMaskObjective, TextRecord
+from tasks.registry import register_task
 
 
 @register_task("mrtm", aliases=("vmlm",))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from utils.config import ConfigError, field
-from utils.run_config import TrainConfig
+from training.run_config import TrainConfig
 
 
 @dataclass

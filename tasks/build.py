@@ -8,9 +8,9 @@ import torch
 
 from data.labels import LabelVocab
 from data.sampler import OrderedBatchSampler, TokenBucketSampler
-from data.tasks.base import ExampleSource, LoaderOptions, ObjectiveSettings, PretrainTask, TaskDataset
-from data.tasks.registry import canonical_task_name, get_task
-from utils.config import ConfigError
+from tasks.base import ExampleSource, LoaderOptions, ObjectiveSettings, PretrainTask, TaskDataset
+from tasks.registry import canonical_task_name, get_task
+from utils.errors import ConfigError
 
 
 def task_seed(seed: int, task_name: str) -> int:

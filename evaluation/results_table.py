@@ -1,9 +1,9 @@
 """Result tables laid out like the UC2 paper, as Markdown and as JSON.
 
 Input is a list of results, each ``(setting, dataset, lang, metrics)`` (a :class:`Result`, a 4-tuple or a
-dict with those keys). ``metrics`` is the dict from :func:`utils.retrieval_metrics.retrieval_recalls`
-(or a :func:`~utils.retrieval_metrics.coco_1k_folds` result, whose ``"mean"`` is used) for retrieval, or
-from :mod:`utils.vqa_metrics` for VQA (keys ``vqa_score``, ``accuracy``, ``bleu``, ``majority_vqa_score``,
+dict with those keys). ``metrics`` is the dict from :func:`evaluation.retrieval_metrics.retrieval_recalls`
+(or a :func:`~evaluation.retrieval_metrics.coco_1k_folds` result, whose ``"mean"`` is used) for retrieval, or
+from :mod:`evaluation.vqa_metrics` for VQA (keys ``vqa_score``, ``accuracy``, ``bleu``, ``majority_vqa_score``,
 ``majority_accuracy``; any may be absent).
 
 Tables:
@@ -22,14 +22,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from utils.retrieval_metrics import meta_average
+from evaluation.retrieval_metrics import meta_average
+from utils.atomic import atomic_write_text
 
 TABLE1_COLUMNS = (("multi30k", "en"), ("multi30k", "de"), ("multi30k", "fr"), ("multi30k", "cs"),
                   ("mscoco", "en"), ("mscoco", "zh"), ("mscoco", "ja"))
@@ -281,18 +281,6 @@ def tables_markdown(retrieval: Iterable[Any] = (), vqa: Iterable[Any] = (), incl
     return "\n".join(parts)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_tables(out_dir: str | os.PathLike, retrieval: Iterable[Any] = (), vqa: Iterable[Any] = (),
                  include_paper: bool = True, demo_dataset: str | None = None) -> tuple[Path, Path]:
     """Write ``results.md`` and ``results.json`` into ``out_dir`` (created if needed), each atomically."""
@@ -303,6 +291,6 @@ def write_tables(out_dir: str | os.PathLike, retrieval: Iterable[Any] = (), vqa:
     # Build both texts before writing either, so a rendering error leaves neither file changed.
     md = tables_markdown(retrieval, vqa, include_paper, demo_dataset)
     js = json.dumps(tables_json(retrieval, vqa, include_paper, demo_dataset), indent=2, ensure_ascii=False)
-    _write_atomic(md_path, md)
-    _write_atomic(json_path, js + "\n")
+    atomic_write_text(md_path, md)
+    atomic_write_text(json_path, js + "\n")
     return md_path, json_path

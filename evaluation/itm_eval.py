@@ -19,9 +19,7 @@ checkpoint, for zero-shot evaluation).
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +29,11 @@ import numpy as np
 import torch
 
 from data.collate import FIRST_POSITION, PAD_ID, PAD_POSITION, box_pos_feat
-from data.errors import DataError
 from utils import distributed as du
-from utils.retrieval_metrics import coco_1k_folds, retrieval_recalls
+from utils.atomic import atomic_write
+from utils.device import autocast
+from utils.errors import DataError
+from evaluation.retrieval_metrics import coco_1k_folds, retrieval_recalls
 
 CLS_ID = 0
 SEP_ID = 2
@@ -276,14 +276,6 @@ def _score_block_split(model, split: SplitBackbone, txt_emb: torch.Tensor, txt_l
     return head_scores(model, model.roberta.pooler(seq), head).view(c, m)
 
 
-def _autocast(device: torch.device, precision: str):
-    """Autocast context for fp16/bf16, or a no-op for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -305,7 +297,7 @@ def score_local_rows(model, dataset: RetrievalSet, settings: ScoreSettings, rank
     img_blocks = image_blocks(dataset.img_nbb, settings.img_block)
     rows = np.concatenate(txt_blocks) if txt_blocks else np.zeros(0, dtype=np.int64)
     out = np.zeros((len(rows), len(dataset.img_fnames)), dtype=np.float32)
-    with _autocast(device, settings.precision):
+    with autocast(settings.precision, device):
         # Every image block is loaded (and embedded) once and reused by all caption blocks.
         images = [_prepare_images(split, dataset, idx, device) for idx in img_blocks] if len(rows) else []
         start = 0
@@ -376,17 +368,9 @@ def save_scores(path: Path, scores: np.ndarray, dataset: RetrievalSet) -> Path:
     Written to a temporary file and renamed, so a crash never leaves a half-written file. Strings are
     stored as fixed-width unicode arrays, loadable with ``np.load(path, allow_pickle=False)``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, scores=scores.astype(np.float32), txt_ids=np.asarray(dataset.txt_ids, dtype=str),
-                     img_fnames=np.asarray(dataset.img_fnames, dtype=str), txt2img=dataset.txt2img)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda f: np.savez(
+        f, scores=scores.astype(np.float32), txt_ids=np.asarray(dataset.txt_ids, dtype=str),
+        img_fnames=np.asarray(dataset.img_fnames, dtype=str), txt2img=dataset.txt2img))
 
 
 def load_scores(path: Path) -> dict[str, np.ndarray]:
@@ -447,11 +431,11 @@ def set_metrics(scores: np.ndarray, dataset: RetrievalSet, coco_folds: int = 0,
 def evaluate_sets(model, specs: Sequence[Any], settings: ScoreSettings, setting: str,
                   open_set: Callable[[Any], RetrievalSet], out_dir: Path | None = None,
                   save: bool = True) -> list[dict[str, Any]]:
-    """Score and measure every test set; returns results for utils.results_table.
+    """Score and measure every test set; returns results for evaluation.results_table.
 
     Args:
         specs: objects with ``name``, ``dataset``, ``lang``, ``coco_folds``, ``fold_file``
-            (utils.itm_config.RetrievalSetSpec).
+            (training.itm_config.RetrievalSetSpec).
         setting: row label, e.g. "English-only fine-tune" or "Zero-shot".
         open_set: spec -> RetrievalSet (e.g. ``lambda s: open_retrieval_set(s, rule)``).
         out_dir: where rank 0 writes ``scores_{name}.npz`` when ``save``.
@@ -474,7 +458,7 @@ def write_results(out_dir: Path, results: Sequence[dict[str, Any]]) -> str:
     """Write results.md / results.json on rank 0 (paper table-1 layout, R@K details, and a per-language
     table for a dataset outside table 1 such as the demo); returns the Markdown to print, which for such a
     dataset leaves out the (empty) table 1."""
-    from utils.results_table import (TABLE1_COLUMNS, canonical_dataset, demo_markdown, detail_markdown,
+    from evaluation.results_table import (TABLE1_COLUMNS, canonical_dataset, demo_markdown, detail_markdown,
                                      tables_markdown, write_tables)
     table1 = {d for d, _ in TABLE1_COLUMNS}
     others = [r["dataset"] for r in results if canonical_dataset(r["dataset"]) not in table1]

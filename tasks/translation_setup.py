@@ -1,4 +1,4 @@
-"""Build what MMT/NMT fine-tuning and inference need from an :class:`utils.mmt_config.MmtConfig`.
+"""Build what MMT/NMT fine-tuning and inference need from an :class:`training.mmt_config.MmtConfig`.
 
 Model: ``arch`` "xlm" = the seed's model (``model.xlm``) from a VTLM-C / TLM checkpoint or random;
 "uc2" = the UC2/XLM-R backbone from a UC2 checkpoint (or one of this project's UC2-backbone VTLM-C
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from data.tasks.translation import Degradation, TranslationObjective, TranslationSpec, TranslationTask
-from utils.config import ConfigError
+from tasks.translation import Degradation, TranslationObjective, TranslationSpec, TranslationTask
+from utils.errors import ConfigError
 
 
 def load_degradation(cfg) -> Degradation:
@@ -47,7 +47,7 @@ def _xlm_model(cfg, tokenizer, img_db):
 
 def _uc2_model(cfg, img_db):
     from model.seq2seq import load_pretrained
-    from utils.setup import resolve_model_config
+    from training.setup import resolve_model_config
 
     config = resolve_model_config(cfg, img_db.feat_dim, img_db.label_dim, cfg.xlmr_dir)
     path = {"checkpoint": cfg.checkpoint, "xlmr": cfg.xlmr_dir, "random": None}[cfg.init]
@@ -83,7 +83,7 @@ def search_config(cfg):
 
 
 def open_source(db: str, img_db, max_txt_len: int | None = None):
-    from data.tasks.base import ExampleSource
+    from tasks.base import ExampleSource
     from data.txt_db import TxtDb
 
     return ExampleSource([(TxtDb(db, max_txt_len=max_txt_len), img_db)])
@@ -95,8 +95,8 @@ def build_translation_task(cfg, tokenizer, img_db, rank: int = 0, world_size: in
     """The TrainTask: training split ``train_db`` (with_train and given), evaluation split ``eval_db`` or
     ``val_db``."""
     from data.sampler import OrderedBatchSampler, TokenBucketSampler
-    from data.tasks.base import LoaderOptions, TaskDataset
-    from data.tasks.build import task_seed
+    from tasks.base import LoaderOptions, TaskDataset
+    from tasks.build import task_seed
 
     objective = TranslationObjective(spec or translation_spec(cfg))
     seed = task_seed(cfg.seed, "mmt")
@@ -116,7 +116,7 @@ def build_translation_task(cfg, tokenizer, img_db, rank: int = 0, world_size: in
 
 def with_spec(task: TranslationTask, spec: TranslationSpec) -> TranslationTask:
     """The same task and data with another spec (degradation, shuffled images) for probes."""
-    from data.tasks.base import TaskDataset
+    from tasks.base import TaskDataset
 
     objective = TranslationObjective(spec)
     return TranslationTask(task.name, task.weight, objective, None, None, TaskDataset(task.val_data.source, objective),

@@ -24,14 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from data.collate import collate_backbone
-from data.errors import DataError
+from utils.device import move_to_device
+from utils.errors import DataError
 from data.sampler import OrderedBatchSampler, TokenBucketSampler
-from data.tasks.base import (ExampleSource, LoaderOptions, Objective, ObjectiveSettings, PretrainTask, TaskDataset,
-                             move_to, text_example, wrap_text)
-from data.tasks.build import task_seed
-from data.tasks.registry import register_task
-from utils.config import ConfigError
-from utils.vqa_metrics import accuracy, vqa_score
+from tasks.base import (ExampleSource, LoaderOptions, Objective, ObjectiveSettings, PretrainTask, TaskDataset,
+                             text_example, wrap_text)
+from tasks.build import task_seed
+from tasks.registry import register_task
+from utils.errors import ConfigError
+from evaluation.vqa_metrics import accuracy, vqa_score
 
 
 # --------------------------------------------------------------------------------------------- targets
@@ -132,7 +133,7 @@ class VqaObjective(Objective):
         super().__init__(settings or ObjectiveSettings())
         if not label2ans:
             raise ConfigError("task 'vqa' needs its answer vocabulary (label2ans); build it with "
-                              "data.tasks.vqa.build_vqa_task or VqaObjective(settings, label2ans=...)")
+                              "tasks.vqa.build_vqa_task or VqaObjective(settings, label2ans=...)")
         self.label2ans = list(label2ans)
 
     @property
@@ -222,10 +223,10 @@ def open_vqa_source(txt_dbs: Sequence[str], img_dbs: Sequence[str], label2ans: S
 def build_vqa_task(cfg: Any, label2ans: Sequence[str], rank: int = 0, world_size: int = 1,
                    device: str | torch.device = "cpu", open_txt_db: Callable | None = None,
                    open_img_db: Callable | None = None) -> PretrainTask:
-    """The trainer's VQA task from a :class:`utils.vqa_config.VQAConfig`: token-bucket training batches
+    """The trainer's VQA task from a :class:`training.vqa_config.VQAConfig`: token-bucket training batches
     over ``train_txt_dbs`` (questions longer than ``max_txt_len`` dropped) and, when ``val_txt_db`` is
     set, validation on it (all questions kept)."""
-    from utils.vqa_config import VQA_TASK_NAME
+    from training.vqa_config import VQA_TASK_NAME
 
     device = torch.device(device)
     objective = VqaObjective(ObjectiveSettings(), label2ans)
@@ -258,7 +259,7 @@ def predict(model, data: TaskDataset, sampler: OrderedBatchSampler, options: Loa
                         num_workers=options.num_workers, pin_memory=options.pin_memory)
     try:
         for batch in loader:
-            batch = move_to(batch, options.device)
+            batch = move_to_device(batch, options.device)
             with (autocast_ctx or contextlib.nullcontext)():
                 labels = vqa_logits(model, batch).float().argmax(-1).tolist()   # (B,)
             for i, label in enumerate(labels):

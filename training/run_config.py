@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from utils.config import ConfigError, field
+from utils.config import field
+from utils.errors import ConfigError
 
 Precision = Literal["fp32", "fp16", "bf16"]
 

@@ -1,1 +1,0 @@
-"""Pretraining objectives, one module each, registered by name (see registry.py)."""

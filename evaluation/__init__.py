@@ -1,0 +1,1 @@
+"""Evaluation layer: retrieval scoring engine, metrics and results tables (docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""Training layer: the shared trainer, start-up steps and run configs (docs/ARCHITECTURE.md)."""

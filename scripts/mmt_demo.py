@@ -201,5 +201,4 @@ def run_matrix(ctx: Ctx, runs: tuple[Run, ...]) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO_ROOT))
     main()

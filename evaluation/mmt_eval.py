@@ -71,7 +71,9 @@ def image_awareness(congruent: float, shuffled: Sequence[float]) -> dict[str, fl
     """Δ = congruent − mean(shuffled), with the shuffled scores' mean and standard deviation."""
     mean = statistics.fmean(shuffled)
     std = statistics.stdev(shuffled) if len(shuffled) > 1 else 0.0
-    return {"congruent": congruent, "shuffled_mean": mean, "shuffled_std": std, "delta": congruent - mean}
+    # the mean of the differences: exactly 0 when every shuffle scores as the congruent images do (NMT)
+    delta = statistics.fmean(congruent - s for s in shuffled)
+    return {"congruent": congruent, "shuffled_mean": mean, "shuffled_std": std, "delta": delta}
 
 
 def mean_std(values: Sequence[float]) -> str:

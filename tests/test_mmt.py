@@ -100,6 +100,7 @@ def test_probe_helpers():
     assert len(perms) == 3 and all(sorted(p) == list(range(10)) for p in perms)
     assert all(all(p[i] != i for i in range(10)) for p in perms)
     assert image_awareness(30.0, [20.0, 22.0])["delta"] == pytest.approx(9.0)
+    assert image_awareness(28.062112833303424, [28.062112833303424] * 3)["delta"] == 0.0  # fmean would give -4e-15
     table = seed_table({"MMT": {("en-de", "test2016"): [30.0, 32.0]}})
     assert "31.0 ± 1.4" in table and table.count("–") == 5
 

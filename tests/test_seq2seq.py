@@ -233,3 +233,20 @@ def test_load_pretrained_from_xlmr_folder(tmp_path):
     assert torch.equal(model.encoder.roberta.encoder.layer[1].attention.self.query.weight, xlmr_q)
     assert torch.equal(model.decoder.layer[1].crossattention.self.query.weight, xlmr_q)
     assert torch.equal(model.decoder.output.dense.weight, source.cls.dense.weight)
+
+
+def test_cache_shares_source_rows_between_beams_and_copies_when_not_grouped():
+    model = tiny_seq2seq(use_images=True)
+    src, tgt = source_batch(source_examples([5, 11, 8])), _targets()
+    with torch.no_grad():
+        enc = model.encode(src)
+        for index, group in ((torch.tensor([0, 0, 1, 1, 2, 2]), 2), (torch.tensor([2, 0, 0, 1]), 1)):
+            cache = model.init_cache(enc)
+            model.reorder_cache(cache, index)
+            assert cache.group == group and cache.cross_k[0].shape[0] == len(index) // group
+            stepped = torch.cat([model.decode(tgt[index, t:t + 1], cache=cache) for t in range(4)], dim=1)
+            full = model.decode(tgt[index, :4], enc.index_select(index))
+            assert (stepped - full).abs().max() <= 1e-5
+        model.reorder_cache(cache, torch.tensor([3, 1]))  # rows of a copied cache: still right
+        assert (model.decode(tgt[[1, 0], 4:5], cache=cache)[:, 0]
+                - model.decode(tgt[[1, 0], :5], enc.index_select(torch.tensor([1, 0])))[:, -1]).abs().max() <= 1e-5

@@ -136,7 +136,7 @@ class _Stepper:
         self.model = model
         self.cache = None
         if use_cache:
-            self.cache = model.init_cache(enc)  # cross keys/values once per source, then copied per beam
+            self.cache = model.init_cache(enc)  # cross keys/values once per source, shared by its beams
             model.reorder_cache(self.cache, rows)
             self.enc = None
         else:

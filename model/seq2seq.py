@@ -137,10 +137,13 @@ class EncoderOutput(NamedTuple):
 
 @dataclass
 class DecoderCache:
-    """Per-layer attention keys/values of an incremental decode, all (N, heads, length, H / heads).
+    """Per-layer attention keys/values of an incremental decode (dh = H / heads).
 
-    ``self_k``/``self_v`` grow by one position per step; ``cross_k``/``cross_v`` are the projected encoder
-    states, computed once by :meth:`TransformerDecoder.init_cache`. ``keep`` (N, S) is the source mask.
+    ``self_k``/``self_v`` (N, heads, t, dh) grow by one position per step, one row per decoder row.
+    ``cross_k``/``cross_v`` (G, heads, S, dh) are the projected encoder states, computed once by
+    :meth:`TransformerDecoder.init_cache`, and ``keep`` (G, S) their mask; they are stored once per source:
+    decoder row r reads source row r // ``group`` (the beams of one sentence share their source, so beam
+    reordering never copies them; cross-attention folds the group into the query axis).
     """
 
     cross_k: list[torch.Tensor]
@@ -150,14 +153,37 @@ class DecoderCache:
     self_v: list[torch.Tensor | None] = field(default_factory=list)
     length: int = 0
     """Target positions already decoded (the next token's position index)."""
+    group: int = 1
+    """Consecutive decoder rows per source row."""
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows ``index`` (N',) in that order: beam reordering, beam expansion, dropping finished rows."""
-        for tensors in (self.cross_k, self.cross_v, self.self_k, self.self_v):
+        """Keep decoder rows ``index`` (N',) in that order: beam reordering, beam expansion, dropping
+        finished rows. The source rows follow; they stay shared when the new rows come in equal runs per
+        source (as beam search makes them), else each row gets its own copy."""
+        for tensors in (self.self_k, self.self_v):
             for i, tensor in enumerate(tensors):
                 if tensor is not None:
                     tensors[i] = tensor.index_select(0, index)
-        self.keep = self.keep.index_select(0, index)
+        sources = torch.div(index, self.group, rounding_mode="floor")  # (N',) source row of each new row
+        firsts, group = _equal_runs(sources)
+        if group is None:  # not grouped: one source copy per row
+            firsts, group = sources, 1
+        for tensors in (self.cross_k, self.cross_v):
+            for i, tensor in enumerate(tensors):
+                tensors[i] = tensor.index_select(0, firsts)
+        self.keep = self.keep.index_select(0, firsts)
+        self.group = group
+
+
+def _equal_runs(values: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+    """(run values, run length) when ``values`` (N,) is runs of one common length, else (values, None)."""
+    runs = torch.unique_consecutive(values)
+    if values.numel() == 0 or values.numel() % runs.numel():
+        return values, None
+    size = values.numel() // runs.numel()
+    if not torch.equal(values.view(-1, size), runs[:, None].expand(-1, size)):
+        return values, None
+    return runs, size
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -212,12 +238,18 @@ class DecoderAttention(nn.Module):
                 _split_heads(self.self.value(states), self.num_heads))
 
     def attend(self, hidden: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               mask: torch.Tensor | None) -> torch.Tensor:
-        """hidden (N, T, H) queries keys/values (N, heads, K, dh); mask broadcastable to (N, heads, T, K),
-        True = may attend -> post-LN output (N, T, H)."""
-        q = _split_heads(self.self.query(hidden), self.num_heads)
+               mask: torch.Tensor | None, group: int = 1) -> torch.Tensor:
+        """hidden (N, T, H) queries keys/values (N / group, heads, K, dh): query row r reads key row
+        r // group; mask broadcastable to (N / group, heads, T, K), True = may attend
+        -> post-LN output (N, T, H)."""
+        q = _split_heads(self.self.query(hidden), self.num_heads)  # (N, heads, T, dh)
+        n, heads, t, dh = q.shape
+        if group > 1:  # the group's queries side by side: (N / group, heads, group * T, dh)
+            q = q.view(n // group, group, heads, t, dh).transpose(1, 2).reshape(n // group, heads, group * t, dh)
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                              dropout_p=self.dropout_p if self.training else 0.0)
+        if group > 1:
+            ctx = ctx.view(n // group, heads, group, t, dh).transpose(1, 2).reshape(n, heads, t, dh)
         return self.output(_merge_heads(ctx), hidden)
 
 
@@ -236,11 +268,11 @@ class DecoderLayer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, self_kv: tuple[torch.Tensor, torch.Tensor],
                 self_mask: torch.Tensor | None, cross_kv: tuple[torch.Tensor, torch.Tensor],
-                cross_mask: torch.Tensor) -> torch.Tensor:
+                cross_mask: torch.Tensor, group: int = 1) -> torch.Tensor:
         """hidden (N, T, H); self_kv keys/values of all target positions so far (N, heads, t, dh);
-        cross_kv of the source (N, heads, S, dh); masks True = may attend -> (N, T, H)."""
+        cross_kv of the source (N / group, heads, S, dh); masks True = may attend -> (N, T, H)."""
         hidden = self.attention.attend(hidden, *self_kv, self_mask)
-        hidden = self.crossattention.attend(hidden, *cross_kv, cross_mask)
+        hidden = self.crossattention.attend(hidden, *cross_kv, cross_mask, group)
         return self.output(self.intermediate(hidden), hidden)
 
 
@@ -321,13 +353,13 @@ class TransformerDecoder(nn.Module):
         hidden = self.embeddings(ids, positions, self.config.type_id)  # (N, T, H)
         # Query i (absolute start + i) may see key j <= start + i; a single new token sees everything.
         self_mask = None if t == 1 else torch.ones(t, start + t, dtype=torch.bool, device=ids.device).tril(start)
-        cross_mask = cache.keep[:, None, None, :]  # (N, 1, 1, S): padded source slots get zero weight
+        cross_mask = cache.keep[:, None, None, :]  # (G, 1, 1, S): padded source slots get zero weight
         for i, layer in enumerate(self.layer):
             k, v = layer.attention.keys_values(hidden)
             if cache.self_k[i] is not None:
                 k, v = torch.cat([cache.self_k[i], k], dim=2), torch.cat([cache.self_v[i], v], dim=2)
             cache.self_k[i], cache.self_v[i] = k, v
-            hidden = layer(hidden, (k, v), self_mask, (cache.cross_k[i], cache.cross_v[i]), cross_mask)
+            hidden = layer(hidden, (k, v), self_mask, (cache.cross_k[i], cache.cross_v[i]), cross_mask, cache.group)
         cache.length = start + t
         return hidden
 

@@ -718,12 +718,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated subset of train (pretraining steps, evaluation, imports) and "
                              "decoding (greedy / beam sentences/s, cache vs no cache)")
     parser.add_argument("--decode_runs", type=int, default=1, help="timed runs per decoding setting (best)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch intra-op threads (default: all cores; 1 on a machine shared with other work)")
     args = parser.parse_args(argv)
     args.section_list = [x.strip() for x in args.sections.split(",") if x.strip()]
     if not args.section_list or any(x not in SECTIONS for x in args.section_list):
         parser.error(f"--sections: choose from {', '.join(SECTIONS)}, got {args.sections!r}")
-    if args.decode_runs < 1:
-        parser.error("--decode_runs must be >= 1")
+    if args.decode_runs < 1 or args.threads < 1:
+        parser.error("--decode_runs and --threads must be >= 1")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
@@ -740,7 +742,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Every phase of the benchmark in this process; returns the JSON-ready report."""
     from utils.misc import git_info
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     device, shape = torch.device(args.device), SHAPES[args.shape]
     peaks = PeakSampler(shape.matmul_sizes, device)
     report: dict[str, Any] = {"meta": {

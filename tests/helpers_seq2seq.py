@@ -97,3 +97,13 @@ def train_toy(model: EncoderDecoder, steps: int, reverse: bool = False, seed: in
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def tiny_xlm(langs=("en", "fr"), seed: int = 0):
+    """A tiny XLM-style (VTLM seed) model, no dropout."""
+    from model.xlm import XlmConfig, XlmModel
+
+    torch.manual_seed(seed)
+    return XlmModel(XlmConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, ffn_dim=64, dropout=0.0,
+                              attention_dropout=0.0, visual_dropout=0.0, max_positions=80, langs=list(langs),
+                              pad_index=SPECIAL.pad, mask_index=4, img_dim=IMG_DIM, box_dim=7, num_classes=5)).eval()

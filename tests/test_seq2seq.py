@@ -217,3 +217,36 @@ def test_load_pretrained_from_uc2_checkpoint(tmp_path):
 def test_decoder_config_follows_backbone():
     config = DecoderConfig.from_uc2(tiny_pretrained().config)
     assert (config.hidden_size, config.num_layers, config.position_offset, config.layer_eps) == (32, 2, 2, 1e-12)
+
+
+def test_load_pretrained_from_xlmr_folder(tmp_path):
+    """A Hugging Face XLM-R folder (roberta.* + lm_head.*) initialises encoder and decoder alike."""
+    source = tiny_pretrained(seed=6, std=0.2)
+    state = {k: v for k, v in source.state_dict().items()
+             if k.startswith(("roberta.embeddings.word", "roberta.embeddings.position", "roberta.embeddings.Layer",
+                              "roberta.encoder."))}
+    for name in ("dense.weight", "dense.bias", "layer_norm.weight", "layer_norm.bias", "bias"):
+        state[f"lm_head.{name}"] = source.state_dict()[f"cls.{name}"]
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    model = build_from_uc2(load_pretrained(source.config, "xlmr", tmp_path), use_images=False, special=SPECIAL)
+    xlmr_q = source.roberta.encoder.layer[1].attention.self.query.weight
+    assert torch.equal(model.encoder.roberta.encoder.layer[1].attention.self.query.weight, xlmr_q)
+    assert torch.equal(model.decoder.layer[1].crossattention.self.query.weight, xlmr_q)
+    assert torch.equal(model.decoder.output.dense.weight, source.cls.dense.weight)
+
+
+def test_cache_shares_source_rows_between_beams_and_copies_when_not_grouped():
+    model = tiny_seq2seq(use_images=True)
+    src, tgt = source_batch(source_examples([5, 11, 8])), _targets()
+    with torch.no_grad():
+        enc = model.encode(src)
+        for index, group in ((torch.tensor([0, 0, 1, 1, 2, 2]), 2), (torch.tensor([2, 0, 0, 1]), 1)):
+            cache = model.init_cache(enc)
+            model.reorder_cache(cache, index)
+            assert cache.group == group and cache.cross_k[0].shape[0] == len(index) // group
+            stepped = torch.cat([model.decode(tgt[index, t:t + 1], cache=cache) for t in range(4)], dim=1)
+            full = model.decode(tgt[index, :4], enc.index_select(index))
+            assert (stepped - full).abs().max() <= 1e-5
+        model.reorder_cache(cache, torch.tensor([3, 1]))  # rows of a copied cache: still right
+        assert (model.decode(tgt[[1, 0], 4:5], cache=cache)[:, 0]
+                - model.decode(tgt[[1, 0], :5], enc.index_select(torch.tensor([1, 0])))[:, -1]).abs().max() <= 1e-5

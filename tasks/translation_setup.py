@@ -58,13 +58,13 @@ def _uc2_model(cfg, img_db):
 def build_translation_model(cfg, tokenizer, img_db) -> tuple[torch.nn.Module, dict]:
     """The encoder-decoder of the run and the model config written beside it."""
     from model.seq2seq import SpecialIds, build_from_uc2
-    from model.xlm_seq2seq import build_from_xlm
+    from model.seq2seq_xlm import build_from_xlm
 
     torch.manual_seed(cfg.seed)
     special = SpecialIds(bos=tokenizer.cls_id, eos=tokenizer.sep_id, pad=tokenizer.pad_id)
     if cfg.arch == "xlm":
         xlm, config = _xlm_model(cfg, tokenizer, img_db)
-        model = build_from_xlm(xlm, cfg.tgt_lang, cfg.use_images, special, cfg.init_dec_from_enc)
+        model = build_from_xlm(xlm, cfg.use_images, cfg.src_lang, cfg.tgt_lang, special, cfg.init_dec_from_enc)
     else:
         pretrained, config = _uc2_model(cfg, img_db)
         model = build_from_uc2(pretrained, cfg.use_images, special, cfg.init_dec_from_enc)

@@ -1,4 +1,4 @@
-"""MMT/NMT from the seed's XLM-style model: decoder initialised from the encoder, NMT blind to images, any
+"""MMT/NMT from the seed's XLM-style model (decoder init: tests/test_seq2seq_xlm.py): NMT blind to images, any
 direction, source degradation, probes' arithmetic, and train_mmt/inf_mmt end to end on a small demo corpus
 (en->fr: the direction the seed got wrong), with best checkpoint, early stopping and resume."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from tasks.translation import Degradation, degrade_ids
 from model.seq2seq import SpecialIds
 from model.xlm import XlmConfig, XlmModel
-from model.xlm_seq2seq import build_from_xlm, xlm_copy_plan
+from model.seq2seq_xlm import build_from_xlm
 from evaluation.mmt_eval import image_awareness, masked_word_accuracy, permutations, seed_table
 from tests.helpers_mmt import one_thread  # noqa: F401 (autouse fixture)
 
@@ -36,25 +36,9 @@ def src_batch(n_regions=3, seed=0):
             "img_valid": torch.ones(2, n_regions, dtype=torch.bool)}
 
 
-def test_decoder_copies_the_encoder_and_cross_attention_copies_self_attention():
-    xlm = tiny_xlm()
-    model = build_from_xlm(xlm, "fr", use_images=True, special=SPECIAL)
-    source, decoder = xlm.state_dict(), model.decoder.state_dict()
-    for dst, src in xlm_copy_plan(2).items():
-        assert torch.equal(decoder[dst], source[src]), dst
-    layer = model.decoder.layer[1]
-    assert torch.equal(layer.crossattention.self.query.weight, layer.attention.self.query.weight)
-    assert torch.equal(layer.crossattention.output.LayerNorm.weight, layer.attention.output.LayerNorm.weight)
-    assert layer.crossattention.self.query.weight.data_ptr() != layer.attention.self.query.weight.data_ptr()
-    assert model.decoder.output.weight is model.decoder.embeddings.word_embeddings.weight  # tied
-    enc_emb = model.encoder.xlm.embeddings.weight
-    assert enc_emb.data_ptr() != model.decoder.embeddings.word_embeddings.weight.data_ptr()  # not shared
-    assert model.decoder.config.type_id == xlm.cfg.lang2id["fr"] == 1
-
-
 def test_nmt_ignores_images_bit_for_bit_and_mmt_does_not():
-    nmt = build_from_xlm(tiny_xlm(), "fr", use_images=False, special=SPECIAL).eval()
-    mmt = build_from_xlm(tiny_xlm(), "fr", use_images=True, special=SPECIAL).eval()
+    nmt = build_from_xlm(tiny_xlm(), False, "en", "fr", SPECIAL).eval()
+    mmt = build_from_xlm(tiny_xlm(), True, "en", "fr", SPECIAL).eval()
     a, b = src_batch(seed=0), src_batch(seed=1)
     assert torch.equal(nmt.encode(a).states, nmt.encode(b).states)
     assert not torch.allclose(mmt.encode(a).states, mmt.encode(b).states)
@@ -63,7 +47,7 @@ def test_nmt_ignores_images_bit_for_bit_and_mmt_does_not():
 
 
 def test_loss_falls_when_fitting_two_sentences():
-    model = build_from_xlm(tiny_xlm(), "fr", use_images=True, special=SPECIAL)
+    model = build_from_xlm(tiny_xlm(), True, "en", "fr", SPECIAL)
     tgt = torch.tensor([[0, 20, 21, 22, 2], [0, 23, 24, 2, 1]])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = None

@@ -8,6 +8,8 @@ Examples:
     python prepro.py paired --input cc_en_de.jsonl --align cc_en_de.align --output txt/cc_en_de.db --tokenizer xlmr/
     python prepro.py parallel --input en_de.tsv --lang2 de --output txt/en-de.db --tokenizer xlmr/ \
         [--native_tokenizer clip_folder/]      # MLA's NLT pairs from a TSV: id, English, X[, img_fname]
+    python prepro.py multi30k --input multi30k-dataset/data/task1/raw --src en --tgt de --output txt/ \
+        --tokenizer xlmr/ --img_db img/multi30k [--seed_preprocess]
 
 Input formats and stored fields: see ``data/prepro.py``. Without an alignment file, ``scripts/align_words.py``
 computes one. Prints a summary (examples written, dropped and why, token counts) at the end.
@@ -19,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from data.multi30k import M30K_SPLITS, build_multi30k
 from utils.errors import DataError
 from data.prepro import (DEFAULT_MAX_TXT_LEN, DEFAULT_NUM_ANSWERS, build_caption_dbs, build_paired_db,
                          build_vqa_db, format_summary)
@@ -69,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local HF tokenizer folder of the native model (e.g. CLIP's BPE) for the English side")
     par.add_argument("--overwrite", action="store_true", help="replace an existing output database")
     par.add_argument("--summary_json", type=Path, help="also write the summary as JSON to this file")
+    _multi30k_parser(subs)
     return parser
 
 
@@ -79,6 +83,21 @@ def _native_tokenizer(folder: Path | None):
     from transformers import AutoTokenizer
     hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     return lambda text: hf(text, truncation=True, max_length=hf.model_max_length)["input_ids"]
+
+
+def _multi30k_parser(subs) -> None:
+    m30k = subs.add_parser("multi30k", help="Multi30K text + image splits -> parallel txt_dbs, one per split "
+                                            "(OUTPUT/multi30k_{src}-{tgt}_{split}.db)")
+    _common(m30k)
+    m30k.add_argument("--output", required=True, type=Path, help="folder receiving the .db dirs")
+    m30k.add_argument("--src", required=True, help="source language (file suffix), e.g. en")
+    m30k.add_argument("--tgt", required=True, help="target language (file suffix), e.g. de or fr")
+    m30k.add_argument("--splits", nargs="+", default=list(M30K_SPLITS), help="split names (file stems)")
+    m30k.add_argument("--image_splits", type=Path, help="folder of {split}.txt image lists (default INPUT/image_splits)")
+    m30k.add_argument("--max_len", type=int, default=100, help="train: drop pairs with more tokens on a side")
+    m30k.add_argument("--seed_preprocess", action="store_true",
+                      help="the VTLM seed's text pipeline (Moses punctuation normalisation and tokenisation, "
+                           "lowercase, accents stripped) before tokenising, for comparable BLEU")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -95,6 +114,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "vqa":
         return build_vqa_db(args.input, args.output, args.tokenizer, ans2label=args.ans2label,
                             top_k=args.num_answers, **common)
+    if args.command == "multi30k":
+        return build_multi30k(args.input, args.output, args.tokenizer, args.src, args.tgt, splits=args.splits,
+                              image_splits=args.image_splits, img_db=args.img_db,
+                              drop_unknown_images=args.drop_unknown_images, max_len=args.max_len,
+                              preprocess=args.seed_preprocess, overwrite=args.overwrite)
     return build_paired_db(args.input, args.align, args.output, args.tokenizer,
                            no_space_langs=args.no_space_langs, **common)
 
@@ -109,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # the writers removed their build folders on the way out
         print(f"prepro.py {args.command}: {interruption_line(exc)}", file=sys.stderr)
         return 130
-    print(format_summary(summary))
+    print(format_summary(summary) if args.command != "multi30k" else json.dumps(summary, indent=2))
     if args.summary_json is not None:
         args.summary_json.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return 0

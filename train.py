@@ -49,7 +49,8 @@ def build_trainer(spec: Any, cfg: Any, callbacks: Sequence[Callable] = ()) -> tu
     if spec.prepare is not None:
         spec.prepare(cfg, ctx, tasks)
     trainer = Trainer(model, tasks, cfg, device=device, model_config=model_config,
-                      lr_multipliers=spec.lr_multipliers(cfg), best_metric=spec.best_metric(cfg), callbacks=callbacks)
+                      lr_multipliers=spec.lr_multipliers(cfg), best_metric=spec.best_metric(cfg),
+                      patience=spec.patience(cfg), callbacks=callbacks)
     return trainer, ctx
 
 

@@ -98,7 +98,8 @@ def measure_workers(task, workers: int) -> dict[str, float]:
 def build_task(captions: int, world: int, workers: int, batch_tokens: int):
     """The ITM task over six synthetic languages, rank 0 of ``world``, with the project's classes."""
     from data.sampler import TokenBucketSampler
-    from tasks.base import ExampleSource, LoaderOptions, ObjectiveSettings, PretrainTask, TaskDataset
+    from tasks.base import ExampleSource, LoaderOptions, PretrainTask, TaskDataset
+    from tasks.itm import ItmConfig
     from tasks.registry import get_task
 
     from data.synthetic import SyntheticCaptions, SyntheticImages
@@ -106,7 +107,7 @@ def build_task(captions: int, world: int, workers: int, batch_tokens: int):
     per_lang = captions // len(LANGS)
     images = SyntheticImages(per_lang)
     source = ExampleSource([(SyntheticCaptions(lang, per_lang, seed=k), images) for k, lang in enumerate(LANGS)])
-    objective = get_task("itm")(ObjectiveSettings())
+    objective = get_task("itm")(ItmConfig(task="itm"))
     sampler = TokenBucketSampler(source.lens, batch_tokens, seed=0, rank=0, world_size=world)
     return PretrainTask("itm_cc", 1.0, objective, TaskDataset(source, objective), sampler,
                         options=LoaderOptions(num_workers=workers))

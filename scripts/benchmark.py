@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed and memory benchmark of UC2 training and evaluation (one run, one JSON file).
 
-    python scripts/benchmark.py [--shape base|tiny] [--steps N] [--out FILE.json]
+    python scripts/benchmark.py [--shape base|tiny] [--steps N] [--out FILE.json] [--sections train,decoding]
         [--tasks mlm,itm,mrtm,vtlm] [--device cpu|cuda] [--precision fp32|bf16|fp16] [--workers N]
     python scripts/benchmark.py --scale [--captions 20000000] [--world 8] [--workers 4] [--out FILE.json]
 
@@ -18,6 +18,9 @@ What it measures, all in the same process so that the ratios are comparable on a
 * data loading: seconds per batch of the task's own DataLoader reading a real txt_db/img_db written in a
   temporary folder by the project's writers, against the step time;
 * evaluation: caption-image pairs/s of ``evaluation.itm_eval.score_matrix`` and its fraction of the peak;
+* decoding (``--sections decoding``): sentences/s of greedy and beam-8 search of a random MMT
+  encoder-decoder (:class:`DecodeShape`), with the key/value caches and recomputing the prefix every step,
+  their ratio (goal: cache >= 5x) and whether both gave the same output; fp32 like the rest;
 * memory: peak RSS after every phase, CUDA max allocated per phase, and the RSS and time of importing
   ``tasks.build`` and ``model.model`` in a fresh interpreter.
 
@@ -83,6 +86,32 @@ SHAPES = {
                        txt_tokens=12, regions=6, batch=4, n_images=8, eval_captions=2, eval_images=4,
                        matmul_sizes=(256, 512)),
 }
+
+
+@dataclass(frozen=True)
+class DecodeShape:
+    """Encoder-decoder and batches of the decoding benchmark (MMT: text + regions in the encoder).
+
+    "base" is the MMT facts sheet's model size (d 512, 6 + 6 layers, 8 heads, FFN 2048, the VTLM vocabulary
+    of 49,209) built from the UC2 layer classes, on Multi30K-like sources (14 words + 2 specials, 36
+    regions). The random model never picks EOS, so every hypothesis runs to its max length
+    int(1.5 * 16 + 10) = 34: a fixed, known amount of work.
+    """
+
+    model: BenchShape
+    """Encoder (and decoder) shape; its batch fields are not used."""
+    src_tokens: int = 14
+    regions: int = 36
+    greedy_batch: int = 16
+    beam_batch: int = 4
+    beam: int = 8
+
+
+DECODE_SHAPES = {
+    "base": DecodeShape(BenchShape(layers=6, hidden=512, heads=8, ffn=2048, vocab=49209, img_dim=2048, label_dim=601)),
+    "tiny": DecodeShape(SHAPES["tiny"], src_tokens=4, regions=6, greedy_batch=3, beam_batch=2, beam=3),
+}
+SECTIONS = ("train", "decoding")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -505,6 +534,54 @@ def bench_models(shape: BenchShape, paths: dict[str, Path], args, device: torch.
             "optimizer": time_optimizer(uc2, optimizer, device, args.steps)}
 
 
+def decoding_model(shape: DecodeShape, device: torch.device):
+    """Random MMT encoder-decoder (decoder copied from the encoder) and a source batch of equal lengths."""
+    from data.collate import collate_backbone, xlmr_position_ids
+    from model.model import UC2ForPretraining
+    from model.seq2seq import build_from_uc2
+
+    torch.manual_seed(0)
+    model = build_from_uc2(UC2ForPretraining(model_config(shape.model)), use_images=True).to(device).eval()
+    gen = torch.Generator().manual_seed(0)
+    n, vocab, img_dim = shape.src_tokens + 2, shape.model.vocab, shape.model.img_dim
+    examples = [{"input_ids": torch.cat([torch.tensor([CLS_ID]), torch.randint(FIRST_TOKEN, vocab, (n - 2,),
+                                                                               generator=gen), torch.tensor([SEP_ID])]),
+                 "position_ids": xlmr_position_ids(n), "img_feat": torch.randn(shape.regions, img_dim, generator=gen),
+                 "img_pos_feat": torch.rand(shape.regions, 7, generator=gen)}
+                for _ in range(max(shape.greedy_batch, shape.beam_batch))]
+    src = {k: v.to(device) for k, v in collate_backbone(examples).items() if isinstance(v, torch.Tensor)}
+    return model, src
+
+
+def bench_decoding(shape: DecodeShape, device: torch.device, runs: int) -> dict[str, Any]:
+    """Sentences/s of greedy and beam search, with and without the key/value caches (best of ``runs``)."""
+    from model.generation import SearchConfig, generate
+    from model.seq2seq import count_parameters
+
+    model, src = decoding_model(shape, device)
+    generate(model, {k: v[:1] for k, v in src.items()}, SearchConfig(beam_size=2))  # warm-up
+    out: dict[str, Any] = {"parameters": count_parameters(model), "shape": asdict(shape)}
+    for name, beam, batch in (("greedy", 1, shape.greedy_batch), (f"beam{shape.beam}", shape.beam, shape.beam_batch)):
+        part = {k: v[:batch] for k, v in src.items()}
+        row: dict[str, Any] = {"sentences": batch, "beam": beam}
+        tokens = {}
+        for key, cache in (("cached", True), ("uncached", False)):
+            log(f"decoding {name} {key}")
+            config = SearchConfig(beam_size=beam, use_cache=cache)
+            runs_out: list[list] = []
+            seconds = min(time_runs(lambda: runs_out.append(generate(model, part, config)), runs, device))
+            tokens[key] = [h.tokens for h in runs_out[-1]]
+            row[f"{key}_s"] = seconds
+            row[f"{key}_sentences_per_s"] = batch / seconds
+        row["generated_tokens_per_sentence"] = sum(map(len, tokens["cached"])) / batch
+        row["cache_speedup"] = row["uncached_s"] / row["cached_s"]
+        row["same_output"] = tokens["cached"] == tokens["uncached"]
+        out[name] = row
+    out["checks"] = {"cache_speedup_ge_5x": all(out[n]["cache_speedup"] >= 5.0 for n in out if n.startswith(("greedy", "beam"))),
+                     "same_output": all(out[n]["same_output"] for n in out if n.startswith(("greedy", "beam")))}
+    return out
+
+
 _IMPORT_PROBE = """
 import json, os, resource, sys, time
 def rss():  # current resident set, MiB (peak RSS on systems without /proc)
@@ -576,6 +653,26 @@ def add_checks(report: dict[str, Any], min_fraction: float = 0.5, max_data: floa
 
 def format_table(report: dict[str, Any]) -> str:
     """A readable summary of the JSON report."""
+    lines = [format_train_table(report)] if "tasks" in report else []
+    if "decoding" in report:
+        lines.append(format_decoding_table(report["decoding"]))
+    return "\n".join(lines)
+
+
+def format_decoding_table(decoding: dict[str, Any]) -> str:
+    """Decoding rows: sentences/s cached and uncached, and the cache's speed-up."""
+    lines = [f"decoding ({decoding['parameters'] / 1e6:.1f}M parameters)",
+             f"{'search':<10}{'sents':>6}{'tok/sent':>9}{'cached/s':>10}{'uncached/s':>11}{'speed-up':>9}{'same':>6}"]
+    for name, r in decoding.items():
+        if isinstance(r, dict) and "cache_speedup" in r:
+            lines.append(f"{name:<10}{r['sentences']:6d}{r['generated_tokens_per_sentence']:9.1f}"
+                         f"{r['cached_sentences_per_s']:10.2f}{r['uncached_sentences_per_s']:11.2f}"
+                         f"{r['cache_speedup']:8.1f}x{str(r['same_output']):>6}")
+    return "\n".join(lines)
+
+
+def format_train_table(report: dict[str, Any]) -> str:
+    """The training/evaluation part of the summary."""
     peak = report["matmul_peak"]["flops_per_s"]
     lines = [f"matmul peak {peak / 1e9:.1f} GFLOP/s ({report['meta']['device']}, {report['meta']['precision']}, "
              f"{report['meta']['threads']} threads)",
@@ -624,7 +721,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "batch plan, dataset pickle and worker memory at --captions / --world; --workers defaults to 4)")
     parser.add_argument("--captions", type=int, default=20_000_000, help="scale section: synthetic captions")
     parser.add_argument("--world", type=int, default=8, help="scale section: ranks the sampler shards over")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated subset of train (pretraining steps, evaluation, imports) and "
+                             "decoding (greedy / beam sentences/s, cache vs no cache)")
+    parser.add_argument("--decode_runs", type=int, default=1, help="timed runs per decoding setting (best)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch intra-op threads (default: all cores; 1 on a machine shared with other work)")
     args = parser.parse_args(argv)
+    args.section_list = [x.strip() for x in args.sections.split(",") if x.strip()]
+    if not args.section_list or any(x not in SECTIONS for x in args.section_list):
+        parser.error(f"--sections: choose from {', '.join(SECTIONS)}, got {args.sections!r}")
+    if args.decode_runs < 1 or args.threads < 1:
+        parser.error("--decode_runs and --threads must be >= 1")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
@@ -641,7 +749,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Every phase of the benchmark in this process; returns the JSON-ready report."""
     from utils.misc import git_info
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     device, shape = torch.device(args.device), SHAPES[args.shape]
     peaks = PeakSampler(shape.matmul_sizes, device)
     report: dict[str, Any] = {"meta": {
@@ -654,15 +762,21 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "timing": "best of --steps runs after one counted warm-up run; medians reported too",
     }}
     wall = report["meta"]["phase_wall_s"] = {}
+    if "decoding" in args.section_list:
+        start = time.perf_counter()
+        report["decoding"] = bench_decoding(DECODE_SHAPES[args.shape], device, args.decode_runs)
+        wall["decoding"] = time.perf_counter() - start
+    if "train" not in args.section_list:
+        return report
     start = time.perf_counter()
     report["imports"] = import_cost()
     peaks.sample()
     wall["imports_and_peak"] = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="uc2-bench-") as tmp:
         paths = write_bench_data(Path(tmp), shape)
-        wall["write_data"] = time.perf_counter() - start - sum(wall.values())
+        wall["write_data"] = time.perf_counter() - start - sum(v for k, v in wall.items() if k != "decoding")
         report.update(bench_models(shape, paths, args, device, peaks))
-    wall["models"] = time.perf_counter() - start - sum(wall.values())
+    wall["models"] = time.perf_counter() - start - sum(v for k, v in wall.items() if k != "decoding")
     report["matmul_peak"] = {"flops_per_s": peaks.best, "samples": peaks.samples}
     report["memory"] = {"peak_rss_mb": peak_rss_mb(), "cuda_max_allocated_mb": cuda_peak_mb(device)}
     add_fractions(report, peaks.best)

@@ -89,7 +89,7 @@ def plot_links(demo_dir: Path, out: Path) -> list[str]:
     return [f"![{p.stem}](plots/{p.name})" for p in paths]
 
 
-def render(retrieval: list[dict], vqa: list[dict], times: dict[str, float], plots: list[str]) -> str:
+def render(retrieval: list[dict], vqa: list[dict], times: dict[str, float], plots: list[str], mmt: str = "") -> str:
     from evaluation.results_table import demo_markdown, detail_markdown, vqa_markdown
 
     parts = ["# UC2 demo report", "",
@@ -101,6 +101,8 @@ def render(retrieval: list[dict], vqa: list[dict], times: dict[str, float], plot
                   detail_markdown(retrieval), "", "</details>", ""]
     if vqa:
         parts += ["## VQA (test split) against the majority-answer baseline", "", vqa_markdown(vqa), ""]
+    if mmt:
+        parts += ["## MMT: NMT vs MMT, degraded source, shuffled images (test split, bleu_tok)", "", mmt, ""]
     if times:
         parts += ["## Stage times", "", "| stage | seconds |", "|---|---|",
                   *(f"| {name} | {sec:.0f} |" for name, sec in times.items()), ""]
@@ -121,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     retrieval += chance_rows(args.demo_dir)
     times = _read_json(args.times) if args.times and args.times.is_file() else {}
     args.out.mkdir(parents=True, exist_ok=True)
-    text = render(retrieval, vqa, times, plot_links(args.demo_dir, args.out))
+    mmt_table = args.demo_dir / "mmt" / "report.md"  # written by scripts/mmt_demo.py
+    mmt = mmt_table.read_text(encoding="utf-8").strip() if mmt_table.is_file() else ""
+    text = render(retrieval, vqa, times, plot_links(args.demo_dir, args.out), mmt)
     atomic_write_text(args.out / "report.md", text)
     atomic_write_json({"retrieval": retrieval, "vqa": vqa, "stage_seconds": times}, args.out / "report.json")
     print(text)

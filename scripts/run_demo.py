@@ -43,8 +43,9 @@ PROFILES: dict[str, dict[str, list[str]]] = {
         "itm": ["--num_train_steps", "300", "--warmup_steps", "30", "--valid_steps", "0", "--save_steps", "300"],
         "vqa": ["--num_train_steps", "1000", "--warmup_steps", "100", "--valid_steps", "500",
                 "--save_steps", "500"],
+        "mmt": [],
     },
-    "full": {"corpus": [], "pretrain": [], "itm": [], "vqa": []},
+    "full": {"corpus": [], "pretrain": [], "itm": [], "vqa": [], "mmt": ["--steps", "600", "--pretrain_steps", "600"]},
 }
 
 
@@ -111,6 +112,10 @@ def stages() -> list[Stage]:
                             "--results", str(p.results), "--profile", p.profile),
               lambda p: p.demo_dir / "mla" / "report.json"),
         *[stage for lang in ("en", "ja") for stage in _vqa_stages(lang)],
+        Stage("MMT: VTLM-C / TLM pretraining, NMT vs MMT, degraded source, shuffled images",
+              lambda p: _py(str(REPO_ROOT / "scripts" / "mmt_demo.py"), "--demo_dir", str(p.demo_dir),
+                            "--out", str(p.results), *p.extra("mmt")),
+              lambda p: p.demo_dir / "mmt" / "report.md"),
     ]
 
 

@@ -209,6 +209,10 @@ class Objective:
     def __init__(self, settings: TaskConfig):
         self.settings = settings
 
+    def for_validation(self) -> "Objective":
+        """The objective used on the validation split (the same one unless validation masks differently)."""
+        return self
+
     def build_example(self, source: ExampleSource, index: int, rng: np.random.Generator) -> dict:
         """Un-collated example ``index``; every random choice comes from ``rng``."""
         raise NotImplementedError
@@ -326,7 +330,7 @@ class PretrainTask:
         self.heads = dict(objective.heads)  # the heads this task trains (model built with them)
 
     def _loader(self, data: TaskDataset, batch_sampler) -> DataLoader:
-        return make_loader(data, batch_sampler, self.objective.collate, self.options)
+        return make_loader(data, batch_sampler, data.objective.collate, self.options)
 
     def train_batches(self, start_batch: int = 0) -> Iterator[dict]:
         """Infinite, deterministic batches on the task's device, skipping the first ``start_batch``."""
@@ -345,7 +349,7 @@ class PretrainTask:
         model.eval()
         sums = dict.fromkeys(self.objective.stat_keys, 0.0)
         for batch in self._loader(self.val_data, self.val_sampler):
-            for key, value in self.objective.eval_stats(model, move_to_device(batch, self.options.device)).items():
+            for key, value in self.val_data.objective.eval_stats(model, move_to_device(batch, self.options.device)).items():
                 sums[key] += float(value)
         model.train(was_training)
         return self.objective.finalize(_all_reduce_sums(sums, self.options.device))

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from model.model import UC2ForPretraining
+from model.xlm import is_xlm_config_file
 from tasks.context import DatasetBinding, TaskContext, run_context
 from tasks.registry import PRETRAIN, RunSpec, TaskSpec, known_head_names, register_run, resolve_task_config
 from training.run_config import PretrainConfig
@@ -66,6 +67,8 @@ def build_pretrain_model(cfg: Any, ctx: TaskContext, tasks: list) -> tuple[UC2Fo
     """The released pretraining heads plus any other head the run's tasks declare, shaped by the run's
     model config and the first training image db, initialised from checkpoint / XLM-R / Early Adaptation."""
     first_img = ctx.img_db(cfg.train_datasets[0].img[0])
+    if cfg.model_config and is_xlm_config_file(cfg.model_config):  # the MMT seed's model (VTLM-C, TLM)
+        return build_xlm_pretrain_model(cfg, ctx, first_img)
     model_config = resolve_model_config(cfg, first_img.feat_dim, first_img.label_dim, cfg.xlmr_dir)
     if ctx.tokenizer is not None and model_config.vocab_size != ctx.tokenizer.vocab_size:
         raise ConfigError(f"model vocab_size {model_config.vocab_size} != tokenizer {ctx.tokenizer.path} "
@@ -81,6 +84,21 @@ def build_pretrain_model(cfg: Any, ctx: TaskContext, tasks: list) -> tuple[UC2Fo
     return model, model_config.to_dict()
 
 
+def build_xlm_pretrain_model(cfg: Any, ctx: TaskContext, first_img: Any) -> tuple[Any, dict]:
+    """The seed's XLM-style model (model/xlm.py) of an ``"architecture": "xlm"`` model config, sized by the
+    tokenizer and the first image db, from ``cfg.checkpoint`` when given (tasks ``vtlmc``/``tlmc``)."""
+    from model.xlm import XlmModel, load_xlm_checkpoint, resolve_xlm_config
+
+    tok = ctx.tokenizer
+    model_config = resolve_xlm_config(cfg.model_config, vocab_size=tok.vocab_size, pad_index=tok.pad_id,
+                                      mask_index=tok.mask_id, img_dim=first_img.feat_dim,
+                                      num_classes=first_img.label_dim, dropout=cfg.dropout)
+    model = XlmModel(model_config)
+    if cfg.checkpoint:
+        load_xlm_checkpoint(model, cfg.checkpoint)
+    return model, model_config.to_dict()
+
+
 def pretrain_context(cfg: Any, info: Any, device: torch.device) -> TaskContext:
     """The run's context with the tokenizer loaded (``tokenizer``, else the XLM-R folder's)."""
     from data.tokenizer import load_tokenizer
@@ -91,12 +109,14 @@ def pretrain_context(cfg: Any, info: Any, device: torch.device) -> TaskContext:
 
 
 def save_final(cfg: Any, trainer: Any, ctx: TaskContext, metrics: dict) -> Path:
-    """Write ``model_final.pt`` (UC2 key names, rank 0) and return its path."""
+    """Write ``model_final.pt`` (UC2 key names, or the seed's for an XLM-style model; rank 0) and return its path."""
     from model.weights import save_uc2_checkpoint
+    from model.xlm import XlmModel, save_xlm_checkpoint
 
     final = Path(cfg.output_dir) / "model_final.pt"
     if du.is_main():
-        save_uc2_checkpoint(trainer.model, final)
+        save = save_xlm_checkpoint if isinstance(trainer.model, XlmModel) else save_uc2_checkpoint
+        save(trainer.model, final)
     du.barrier()
     return final
 

@@ -120,7 +120,7 @@ class TaskContext:
                                            world_size=self.world_size)
         val_data = val_sampler = None
         if data.val is not None:
-            val_data = TaskDataset(data.val, objective)
+            val_data = TaskDataset(data.val, objective.for_validation())
             val_sampler = OrderedBatchSampler(data.val.lens, run.val_batch_size, seed=seed, rank=self.rank,
                                               world_size=self.world_size)
         return PretrainTask(name, data.weight, objective, TaskDataset(data.train, objective), train_sampler,

@@ -79,6 +79,7 @@ class RunSpec:
         evaluate: ``(argv) -> result``: ``evaluate.py --task NAME`` (its own arguments); None = none.
         lr_multipliers: ``cfg -> {parameter prefix: LR multiple}`` or None.
         best_metric: ``cfg -> "task/metric"`` to keep ``model_best.pt`` by, or None.
+        patience: ``cfg -> n``: stop after n validations in a row without a new best (None: never).
     """
 
     name: str
@@ -90,6 +91,7 @@ class RunSpec:
     evaluate: Callable[..., Any] | None = None
     lr_multipliers: Callable[[Any], dict[str, float] | None] = lambda cfg: None
     best_metric: Callable[[Any], str | None] = lambda cfg: None
+    patience: Callable[[Any], int | None] = lambda cfg: None
     make_context: Callable[..., Any] | None = None
 
 

@@ -14,6 +14,9 @@ import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import pytest
+import torch
+
 # Small per-language vocabularies; ja/zh words are written unsegmented in captions, as real data is.
 _WORDS = {
     "en": "a man woman dog cat is riding a horse on the beach red car two people playing ball in park".split(),
@@ -80,3 +83,13 @@ def horovodrun_or_skip() -> list[str]:
         pytest.skip("horovod not installed (PYTHON=.venv/bin/python scripts/build_horovod.sh builds it)")
     # gloo only (no MPI here); all ranks on this host
     return [str(launcher), "-np", "2", "-H", "localhost:2", "--gloo", "--start-timeout", "60"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Import into a test module that runs small models: the tests share two cores with other work, and
+    extra intra-op threads only spin there (10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

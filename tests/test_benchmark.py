@@ -170,3 +170,24 @@ def test_scale_section_on_small_synthetic_data(bench, tmp_path):
     assert report["dataset_pickle_mb"] < 0.05  # paths of shared tables, not the tables
     assert report["workers_found"] == 2 and report["workers_rss_mb"] >= report["workers_uss_mb"] > 0
     assert all(report["checks"].values()), report["checks"]
+
+
+def test_decoding_section_reports_cached_and_uncached_search(bench, tiny_report):
+    decoding = tiny_report[1]["decoding"]
+    shape = bench.DECODE_SHAPES["tiny"]
+    max_tokens = int(1.5 * (shape.src_tokens + 2) + 10) - 1  # the max length counts the BOS
+    for name, batch in (("greedy", shape.greedy_batch), (f"beam{shape.beam}", shape.beam_batch)):
+        row = decoding[name]
+        assert row["sentences"] == batch and row["same_output"] is True, name
+        assert row["cached_sentences_per_s"] == pytest.approx(batch / row["cached_s"]), name
+        assert row["cache_speedup"] == pytest.approx(row["uncached_s"] / row["cached_s"]), name
+        assert 1 <= row["generated_tokens_per_sentence"] <= max_tokens, name
+    assert decoding["parameters"] > 0 and decoding["checks"]["same_output"] is True
+    assert "decoding" in bench.format_table(tiny_report[1])
+
+
+def test_decoding_section_alone(bench):
+    report = bench.main(["--shape", "tiny", "--sections", "decoding"])
+    assert "decoding" in report and "tasks" not in report
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sections", "train,sampling"])

@@ -102,13 +102,14 @@ class Trainer:
         model_config: written to ``OUT/model.json``.
         best_metric: ``"{task}/{metric}"`` of validation to keep ``ckpt/model_best.pt`` by; ``best_mode``
             "max" or "min".
+        patience: stop early after this many validations in a row without a new best (None: never).
         callbacks: called as ``cb(trainer)`` after every optimizer step (after logging/validation/saving).
     """
 
     def __init__(self, model: nn.Module, tasks: Sequence[TrainTask], cfg: Any, optimizer: Any = None,
                  scheduler: Any = None, *, device: torch.device | None = None, logger: RunLogger | None = None,
                  model_config: dict | None = None, lr_multipliers: dict[str, float] | None = None,
-                 best_metric: str | None = None, best_mode: str = "max",
+                 best_metric: str | None = None, best_mode: str = "max", patience: int | None = None,
                  callbacks: Sequence[Callable[["Trainer"], None]] = ()) -> None:
         if best_mode not in ("max", "min"):
             raise ConfigError(f"trainer: best_mode must be 'max' or 'min', got {best_mode!r}")
@@ -134,6 +135,8 @@ class Trainer:
         self.best_value: float | None = None
         self.last_task: str | None = None  # the task and loss (0-d tensor) of the latest optimizer step
         self.last_loss: Tensor | None = None
+        self.patience = patience
+        self.bad_validations = 0  # validations in a row without a new best (early stopping)
         self._streams: dict[str, Iterator[dict]] = {}
         self._window: dict[str, Any] = self._new_window()
 
@@ -160,7 +163,7 @@ class Trainer:
             metrics: dict[str, float] = {}
             last_saved = self.step if self.ckpt.latest() == self.step else None
             self.model.train()
-            while self.step < cfg.num_train_steps:
+            while self.step < cfg.num_train_steps and not self.stopped_early:
                 self._train_step()
                 bar.update(1)
                 if cfg.log_steps > 0 and self.step % cfg.log_steps == 0:
@@ -183,6 +186,11 @@ class Trainer:
             if self._owns_logger:
                 self.logger.close()
         return metrics
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether ``patience`` validations in a row brought no new best."""
+        return self.patience is not None and self.bad_validations >= self.patience
 
     def _train_step(self) -> None:
         """One optimizer step of one drawn task."""
@@ -360,6 +368,9 @@ class Trainer:
         value = metrics[self.best_metric]
         better = self.best_value is None or (value > self.best_value if self.best_mode == "max"
                                              else value < self.best_value)
+        self.bad_validations = 0 if better else self.bad_validations + 1
+        if self.stopped_early:
+            self.logger.info(f"early stop: {self.patience} validations without a new best {self.best_metric}")
         if better:
             self.best_value = value
             self._save_best({"metric": self.best_metric, "value": value, "step": self.step})
@@ -402,7 +413,7 @@ class Trainer:
                 "step": self.step, "consumed": dict(self.consumed), "rng": rng,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "best_value": self.best_value, "world_size": du.get_world_size(),
+                "best_value": self.best_value, "bad_validations": self.bad_validations, "world_size": du.get_world_size(),
                 "config": to_dict(self.cfg) if dataclasses.is_dataclass(self.cfg) else dict(vars(self.cfg)),
             }
             self._write_checkpoint(lambda: self.ckpt.save(self.step, self.model.state_dict(), state),
@@ -491,6 +502,7 @@ class Trainer:
             raise CheckpointError(f"resume: checkpoint has tasks {sorted(unknown)} that this run does not have")
         self.consumed.update({k: int(v) for k, v in state["consumed"].items()})
         self.best_value = state.get("best_value")
+        self.bad_validations = int(state.get("bad_validations", 0))
         _set_rng_state(state["rng"][du.get_rank()])  # each rank its own stream (checked: same world size)
         self._streams.clear()
 

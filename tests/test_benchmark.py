@@ -181,6 +181,7 @@ def test_decoding_section_reports_cached_and_uncached_search(bench, tiny_report)
         assert row["sentences"] == batch and row["same_output"] is True, name
         assert row["cached_sentences_per_s"] == pytest.approx(batch / row["cached_s"]), name
         assert row["cache_speedup"] == pytest.approx(row["uncached_s"] / row["cached_s"]), name
+        assert row["encode_s"] > 0 and row["cache_speedup_after_encoding"] > 0, name
         assert 1 <= row["generated_tokens_per_sentence"] <= max_tokens, name
     assert decoding["parameters"] > 0 and decoding["checks"]["same_output"] is True
     assert "decoding" in bench.format_table(tiny_report[1])

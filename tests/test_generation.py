@@ -20,10 +20,15 @@ from tests.helpers_seq2seq import (EN_WORDS, FR_WORDS, SPECIAL, source_batch, so
 
 @pytest.fixture(scope="module")
 def trained_mmt() -> EncoderDecoder:
-    """A tiny MMT model trained 150 steps on the toy en->fr task (~20 s on 2 busy cores): its decisions
-    vary (EOS at different steps, beam and greedy disagree with alpha > 0), unlike a random model's."""
+    """A tiny MMT model trained 500 steps on the toy en->fr task (~6 s on one core): its decisions vary
+    (EOS at different steps, beam and greedy disagree with alpha > 0), unlike a random model's.
+
+    The toy task has a plateau (loss ~ln 10: the unigram guess) that training leaves abruptly; 150 steps at
+    lr 1e-2 left it on one CPU and not on another (last-bit differences of the kernels). Measured on one
+    machine: 500 steps at 5e-3 leave it for seeds 0, 1, 2 (final loss 0.003-0.03, word accuracy 1.0) and
+    not for seed 3 (0.54), so seed 0 is well inside the converging region."""
     torch.set_num_threads(1)
-    return train_toy(build_from_uc2(tiny_pretrained(0), True, SPECIAL), steps=150, lr=1e-2)
+    return train_toy(build_from_uc2(tiny_pretrained(0), True, SPECIAL), steps=500, lr=5e-3)
 
 
 def _nmt_view(mmt: EncoderDecoder) -> EncoderDecoder:
@@ -60,8 +65,11 @@ def test_beam_scores_equal_teacher_forced_rescoring(model, alpha):
     src = _src()
     hyps = generate(model, src, SearchConfig(beam_size=4, length_penalty=alpha))
     for hyp, forced in zip(hyps, rescore(model, src, hyps)):
-        assert abs(hyp.score - forced / len(hyp.tokens) ** alpha) <= 1e-5
-        assert abs(hyp.sum_logprob - forced) <= 1e-4  # sums of up to ~15 fp32 log-probs
+        # 1e-5 per scored token: the cached step's log-probs equal the full forward's within 1e-5 each (facts
+        # sheet, invariant 4), so a sum of n of them within n * 1e-5 (the float64 test below checks 1e-9)
+        n = len(hyp.tokens)
+        assert abs(hyp.sum_logprob - forced) <= 1e-5 * n
+        assert abs(hyp.score - forced / n ** alpha) <= 1e-5 * n / n ** alpha
 
 
 def test_beam_scores_equal_rescoring_in_float64(trained_mmt):

@@ -289,6 +289,9 @@ class UC2WithHeads(nn.Module):
         self.head_names: tuple[str, ...] = tuple(ordered)
         self.fresh_heads: frozenset[str] = frozenset(fresh)
         init_bert_weights(self, config.initializer_range)
+        for name in ordered:  # a head with its own init rule (model.itc.ItcHead) applies it after BERT's
+            if callable(getattr(getattr(self, name), "post_init", None)):
+                getattr(self, name).post_init()
 
     @property
     def heads(self) -> dict[str, nn.Module]:

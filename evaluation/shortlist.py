@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -45,27 +45,14 @@ UNSCORED = float(np.finfo(np.float32).min)
 BACKENDS = ("exact", "faiss")
 
 
-@dataclass
-class ShortlistSettings:
-    """Shortlist sizes and k-NN backend."""
+class ShortlistSettings(Protocol):
+    """What the shortlist reads (training.itm_config.ShortlistOptions, the checked config, is one)."""
 
-    k_img: int = 16
-    """images kept per caption (text->image)"""
-    k_txt: int = 16
-    """captions kept per image (image->text)"""
-    backend: str = "exact"
-    """"exact" (chunked matrix product, torch) or "faiss" (IndexFlatIP; needs faiss-cpu)"""
-    chunk: int = 1024
-    """queries per matrix-product chunk of the exact backend"""
-    embed_batch: int = 64
-    """captions or images per single-modality pass"""
-
-    def __post_init__(self) -> None:
-        for key in ("k_img", "k_txt", "chunk", "embed_batch"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"shortlist.{key}: expected >= 1, got {getattr(self, key)}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"shortlist.backend: expected one of {BACKENDS}, got {self.backend!r}")
+    k_img: int          # images kept per caption (text->image)
+    k_txt: int          # captions kept per image (image->text)
+    backend: str        # "exact" or "faiss"
+    chunk: int          # queries per matrix-product chunk of the exact backend
+    embed_batch: int    # captions or images per single-modality pass
 
 
 def require_itc_head(model, where: str) -> None:

@@ -15,6 +15,7 @@ from model.heads import itm_head, rank_head
 from model.itc import itc_head
 from model.model import UC2WithHeads
 from tests.test_itm_eval import tiny_config, tiny_set
+from training.itm_config import ShortlistOptions
 from utils.errors import ConfigError
 
 
@@ -67,9 +68,9 @@ def test_faiss_backend_without_faiss_is_a_clear_error(monkeypatch):
 @pytest.mark.parametrize("key", ["k_img", "k_txt", "chunk"])
 def test_bad_shortlist_settings_name_the_key(key):
     with pytest.raises(ConfigError, match=f"shortlist.{key}"):
-        sl.ShortlistSettings(**{key: 0})
+        ShortlistOptions(**{key: 0})
     with pytest.raises(ConfigError, match="shortlist.backend"):
-        sl.ShortlistSettings(backend="annoy")
+        ShortlistOptions(backend="annoy")
 
 
 # ----------------------------------------------------------------------- hand-made score matrices
@@ -127,7 +128,7 @@ def test_shortlists_stay_inside_the_query_fold():
     txt, img = torch.randn(20, 4, generator=gen), torch.randn(10, 4, generator=gen)
     txt2img = np.repeat(np.arange(10), 2)
     folds = np.repeat(np.arange(5), 2)
-    short = sl.build_shortlist(txt, img, txt2img, sl.ShortlistSettings(k_img=8, k_txt=8), folds)
+    short = sl.build_shortlist(txt, img, txt2img, ShortlistOptions(k_img=8, k_txt=8), folds)
     assert (short.k_img, short.k_txt) == (2, 4)           # clipped to a fold's 2 images / 4 captions
     same_fold = folds[txt2img][:, None] == folds[None, :]
     assert short.t2i.sum() == 20 * 2 and short.i2t.sum() == 10 * 4
@@ -161,7 +162,7 @@ def test_k_equal_to_n_gives_the_exhaustive_recall(coco_folds):
     model, ds = itc_model(), tiny_set(n_img=6, caps_per_img=2)
     settings = ScoreSettings(head="rank", txt_block=4, img_block=3)
     exhaustive = itm_eval.score_matrix(model, ds, settings)
-    result, scores = sl.evaluate_shortlist(model, ds, settings, sl.ShortlistSettings(k_img=100, k_txt=100),
+    result, scores = sl.evaluate_shortlist(model, ds, settings, ShortlistOptions(k_img=100, k_txt=100),
                                            coco_folds=coco_folds, exhaustive=exhaustive)
     # with folds only the within-fold blocks are scored (the only ones the fold metrics read)
     folds = np.repeat(np.arange(max(coco_folds, 1)), 6 // max(coco_folds, 1))
@@ -175,7 +176,7 @@ def test_k_equal_to_n_gives_the_exhaustive_recall(coco_folds):
 def test_small_k_scores_fewer_pairs_and_reports_the_dual_encoder():
     model, ds = itc_model(), tiny_set(n_img=6, caps_per_img=2)
     result, _ = sl.evaluate_shortlist(model, ds, ScoreSettings(head="rank", txt_block=4, img_block=3),
-                                      sl.ShortlistSettings(k_img=2, k_txt=2))
+                                      ShortlistOptions(k_img=2, k_txt=2))
     assert result.pairs_scored <= 12 * 2 + 6 * 2 and result.exhaustive is None
     assert 0 <= result.dual["r_mean"] <= 100 and set(result.seconds) == {"embed", "knn", "rerank", "total"}
     assert result.row()["k_img"] == 2
@@ -184,4 +185,48 @@ def test_small_k_scores_fewer_pairs_and_reports_the_dual_encoder():
 def test_a_model_without_the_itc_head_is_refused_by_name():
     model = UC2WithHeads(tiny_config(), {"itm_output": itm_head, "rank_output": rank_head})
     with pytest.raises(ConfigError, match="no 'itc' head"):
-        sl.evaluate_shortlist(model, tiny_set(), ScoreSettings(), sl.ShortlistSettings())
+        sl.evaluate_shortlist(model, tiny_set(), ScoreSettings(), ShortlistOptions())
+
+
+# ------------------------------------------------------------------- through train_itm / inf_itm
+
+from tests.test_train_itm import corpus, spec  # noqa: E402,F401  (module fixture and helper)
+
+
+def test_fine_tune_with_itc_mixed_in_then_shortlist_evaluation(corpus, tmp_path):  # noqa: F811
+    import json
+
+    import inf_itm
+    import train_itm
+
+    out = tmp_path / "run"
+    tests = f"[{spec(corpus, 'en_test', 'en_test')}, {spec(corpus, 'de_test', 'de_test')}]"
+    train_itm.main([
+        "--output_dir", str(out), "--model_config", str(corpus["model_config"]),
+        "--checkpoint", str(corpus["checkpoint"]), "--n_workers", "0", "--pin_mem", "false",
+        "--train_datasets", f"[{spec(corpus, 'en_train', 'en_train')}]", "--test_datasets", tests,
+        "--num_train_steps", "30", "--warmup_steps", "3", "--learning_rate", "1e-3", "--dropout", "0.0",
+        "--train_batch_size", "8", "--valid_steps", "0", "--save_steps", "0", "--log_steps", "10",
+        "--eval.img_block", "4", "--tasks", '[{"task": "itc", "batch_size": 8, "dim": 8}]', "--mix_ratio", "[1.0]",
+        "--shortlist.k_img", "100", "--shortlist.k_txt", "100"])
+    log = (out / "log.txt").read_text()
+    assert "loss/itc=" in log and "loss/itm_rank=" in log
+    rows = json.loads((out / "results" / "shortlist.json").read_text())
+    assert [r["lang"] for r in rows] == ["en", "de"]
+    for row in rows:  # k >= N: the rerank is the exhaustive evaluation
+        assert row["rerank_ar"] == row["exhaustive_ar"] and row["pairs_scored"] == row["pairs_total"]
+    assert "Shortlist + rerank AR" in (out / "results" / "shortlist.md").read_text()
+
+    checkpoint = out / "ckpt" / "model_step_30.pt"
+    common = ["--model_config", str(corpus["model_config"]), "--checkpoint", str(checkpoint), "--test_datasets", tests]
+    full = inf_itm.main(["--output_dir", str(tmp_path / "full"), *common])
+    fast = inf_itm.main(["--output_dir", str(tmp_path / "fast"), *common, "--shortlist.enabled", "true",
+                         "--shortlist.k_img", "3", "--shortlist.k_txt", "3", "--shortlist.compare_exhaustive", "false"])
+    assert fast[0]["setting"].endswith("(shortlist + rerank)")
+    rows = json.loads((tmp_path / "fast" / "shortlist.json").read_text())
+    assert all(r["pairs_scored"] < r["pairs_total"] and r["exhaustive_ar"] is None for r in rows)
+    assert len(fast) == len(full) == 2
+
+    with pytest.raises(ConfigError, match="pretrain.pt has no 'itc' head"):
+        inf_itm.main(["--output_dir", str(tmp_path / "no_itc"), "--model_config", str(corpus["model_config"]),
+                      "--checkpoint", str(corpus["checkpoint"]), "--test_datasets", tests, "--shortlist.enabled", "true"])

@@ -12,10 +12,11 @@ Exhaustive scoring (evaluation/itm_eval.py) runs the cross-encoder on all ``n_tx
    caption blocks and image blocks, so with k = N every batch is the exhaustive one and every score is
    bit-identical;
 4. two score matrices are filled: text->image (each caption row holds its k_img scores) and image->text
-   (each image column holds its k_txt scores); every pair not shortlisted for that query gets
-   :data:`UNSCORED`, below any score. The positive gets no free pass: outside the shortlist it ties with
-   every other unscored item, and ties count against it (evaluation/retrieval_metrics.py), so it ranks
-   below all k and after every other candidate.
+   (each image column holds its k_txt scores); every pair not shortlisted for that query is put below
+   the query's lowest reranked score, ordered by the dual encoder's similarity (:func:`tiered`; without
+   similarities, all at :data:`UNSCORED`). The positive gets no free pass: outside the shortlist it ranks
+   below all k, and ties count against it (evaluation/retrieval_metrics.py). Only R@K with K > k can
+   still find it, through the dual encoder's order: exactly as a dual-encoder-only ranking would.
 
 Metrics (``retrieval_recalls(..., i2t_scores=...)``, folds as in the exhaustive path) are reported with
 the dual encoder's own AR, the shortlist's recall of the positive at k, the number of pairs scored and
@@ -267,12 +268,27 @@ def _gather_sparse(rows: np.ndarray, scores: np.ndarray, n_txt: int) -> np.ndarr
 # ------------------------------------------------------------------------------------------- metrics
 
 
+def tiered(pair_scores_: np.ndarray, keep: np.ndarray, dual: np.ndarray | None, axis: int) -> np.ndarray:
+    """One direction's matrix: the query's kept pairs hold their cross-encoder scores; every other pair is
+    put strictly below the query's lowest kept score, ordered among themselves by the dual encoder's
+    cosine ``dual`` (in [-1, 1]), or all at :data:`UNSCORED` without it. ``axis`` 1: queries are rows
+    (captions), 0: columns (images). float64, so the lower tier keeps the cosines' order."""
+    if dual is None:
+        return np.where(keep, pair_scores_, UNSCORED).astype(np.float32)
+    scores = pair_scores_.astype(np.float64)
+    lowest = np.where(keep, scores, np.inf).min(axis=axis, keepdims=True)
+    lowest = np.where(np.isfinite(lowest), lowest, 0.0)                       # a query with nothing kept
+    return np.where(keep, scores, lowest - 2.0 + np.clip(dual.astype(np.float64), -1.0, 1.0))  # < lowest - 0.99
+
+
 def shortlist_metrics(pair_scores_: np.ndarray, shortlist: Shortlist, dataset: RetrievalSet, coco_folds: int = 0,
-                      img_folds: np.ndarray | None = None) -> dict[str, float]:
-    """Recalls of the reranked shortlist: text->image from each caption's own row of shortlisted images,
-    image->text from each image's column of shortlisted captions; unshortlisted pairs at UNSCORED."""
-    t2i = np.where(shortlist.t2i, pair_scores_, UNSCORED).astype(np.float32)
-    i2t = np.where(shortlist.i2t, pair_scores_, UNSCORED).astype(np.float32)
+                      img_folds: np.ndarray | None = None, dual: np.ndarray | None = None) -> dict[str, float]:
+    """Recalls of the reranked shortlist: text->image from each caption's row (its k_img images reranked),
+    image->text from each image's column (its k_txt captions reranked). A positive outside the query's
+    shortlist ranks below all k (see :func:`tiered`): with ``dual`` by its dual-encoder similarity among
+    the other unshortlisted items, else tied with all of them (and ties count against it)."""
+    t2i = tiered(pair_scores_, shortlist.t2i, dual, axis=1)
+    i2t = tiered(pair_scores_, shortlist.i2t, dual, axis=0)
     if coco_folds > 1:
         return coco_1k_folds(t2i, dataset.txt2img, n_folds=coco_folds, img_folds=img_folds, i2t_scores=i2t)["mean"]
     return retrieval_recalls(t2i, dataset.txt2img, i2t_scores=i2t)
@@ -302,11 +318,20 @@ class ShortlistResult:
         return out
 
 
-def evaluate_shortlist(model, dataset: RetrievalSet, score_settings: ScoreSettings, settings: ShortlistSettings,
-                       coco_folds: int = 0, img_folds: np.ndarray | None = None,
-                       exhaustive: np.ndarray | None = None) -> tuple[ShortlistResult, np.ndarray]:
-    """Shortlist, rerank and measure one set; ``exhaustive`` (the full score matrix, when already
-    computed) adds the exhaustive AR. Returns the result and the reranked pair scores (UNSCORED elsewhere)."""
+@dataclass
+class ShortlistRun:
+    """What :func:`run_shortlist` computed: embeddings, the shortlist, the reranked scores, stage times."""
+
+    txt_emb: torch.Tensor
+    img_emb: torch.Tensor
+    shortlist: Shortlist
+    scores: np.ndarray
+    seconds: dict[str, float]
+
+
+def run_shortlist(model, dataset: RetrievalSet, score_settings: ScoreSettings, settings: ShortlistSettings,
+                  img_folds: np.ndarray | None = None) -> ShortlistRun:
+    """Embed, shortlist (within ``img_folds`` (n_img,) when given) and rerank one set, timing each stage."""
     require_itc_head(model, "the model")
     sync = torch.cuda.synchronize if _model_device(model).type == "cuda" else (lambda: None)
     was_training = model.training
@@ -316,25 +341,34 @@ def evaluate_shortlist(model, dataset: RetrievalSet, score_settings: ScoreSettin
         txt_emb, img_emb = embed_set(model, dataset, settings.embed_batch)
         sync()
         t1 = time.perf_counter()
-        shortlist = build_shortlist(txt_emb, img_emb, dataset.txt2img, settings,
-                                    fold_ids(coco_folds, len(img_emb), img_folds))
+        short = build_shortlist(txt_emb, img_emb, dataset.txt2img, settings, img_folds)
         t2 = time.perf_counter()
-        scores = score_pairs(model, dataset, shortlist.pairs, score_settings)
+        scores = score_pairs(model, dataset, short.pairs, score_settings)
         sync()
         t3 = time.perf_counter()
     finally:
         model.train(was_training)
-    dual_sims = (txt_emb @ img_emb.T).float().cpu().numpy()
+    return ShortlistRun(txt_emb, img_emb, short, scores,
+                        {"embed": t1 - t0, "knn": t2 - t1, "rerank": t3 - t2, "total": t3 - t0})
+
+
+def evaluate_shortlist(model, dataset: RetrievalSet, score_settings: ScoreSettings, settings: ShortlistSettings,
+                       coco_folds: int = 0, img_folds: np.ndarray | None = None,
+                       exhaustive: np.ndarray | None = None) -> tuple[ShortlistResult, np.ndarray]:
+    """Shortlist, rerank and measure one set; ``exhaustive`` (the full score matrix, when already
+    computed) adds the exhaustive AR. Returns the result and the reranked pair scores (UNSCORED elsewhere)."""
+    run = run_shortlist(model, dataset, score_settings, settings, fold_ids(coco_folds, len(dataset.img_fnames),
+                                                                           img_folds))
+    dual_sims = (run.txt_emb @ run.img_emb.T).float().cpu().numpy()
     folds = img_folds if coco_folds > 1 else None
     result = ShortlistResult(
         exhaustive=set_metrics(exhaustive, dataset, coco_folds, folds) if exhaustive is not None else None,
         dual=set_metrics(dual_sims, dataset, coco_folds, folds),
-        rerank=shortlist_metrics(scores, shortlist, dataset, coco_folds, folds),
-        recall_at_k=shortlist_recall(shortlist, dataset.txt2img),
-        pairs_scored=int(shortlist.pairs.sum()), pairs_total=int(shortlist.pairs.size),
-        seconds={"embed": t1 - t0, "knn": t2 - t1, "rerank": t3 - t2, "total": t3 - t0},
-        k_img=shortlist.k_img, k_txt=shortlist.k_txt)
-    return result, scores
+        rerank=shortlist_metrics(run.scores, run.shortlist, dataset, coco_folds, folds, dual_sims),
+        recall_at_k=shortlist_recall(run.shortlist, dataset.txt2img),
+        pairs_scored=int(run.shortlist.pairs.sum()), pairs_total=int(run.shortlist.pairs.size),
+        seconds=run.seconds, k_img=run.shortlist.k_img, k_txt=run.shortlist.k_txt)
+    return result, run.scores
 
 
 def exhaustive_scores(model, dataset: RetrievalSet, settings: ScoreSettings) -> tuple[np.ndarray, float]:

@@ -336,7 +336,7 @@ def build_retrieval_task(cfg: RetrievalConfig, ctx) -> RetrievalTask:
              for s in cfg.train_datasets]
     settings = RankSettings(cfg.negative_size, cfg.margin, cfg.hard_neg_every, cfg.hard_neg_pool)
     return RetrievalTask(
-        TASK_NAME, PairSource(parts), settings, batch_size=cfg.train_batch_size, seed=cfg.seed,
+        TASK_NAME, PairSource(parts), settings, batch_size=cfg.train_batch_size, seed=cfg.seed, weight=cfg.rank_weight,
         rank=ctx.rank, world_size=ctx.world_size,
         val_sets=[itm_eval.open_retrieval_set(s, img_rule(cfg)) for s in cfg.val_datasets],
         score_settings=score_settings(cfg, "rank"), options=ctx.loader)
@@ -367,7 +367,7 @@ def build_retrieval_model(cfg: RetrievalConfig, ctx, tasks: list) -> tuple[UC2Wi
     (a pretraining checkpoint: ``rank_output`` starts from ``itm_output``'s match row)."""
     img_db = ctx.img_db(cfg.train_datasets[0].img_db)
     mconf = resolve_model_config(cfg, img_db.feat_dim, img_db.label_dim)
-    heads = {name: f for task in tasks for name, f in task.heads.items()}
+    heads = {**RETRIEVAL_HEADS, **{name: f for task in tasks for name, f in task.heads.items()}}
     model = UC2WithHeads(mconf, heads, fresh=heads)
     init_weights(model, cfg, known_heads=known_head_names())
     check_eval_dbs(cfg, mconf, [*cfg.val_datasets, *cfg.test_datasets])  # training parts: train.check_run_dbs
@@ -511,7 +511,8 @@ def evaluate(argv: Sequence[str] | None = None) -> list[dict]:
 
 RETRIEVAL_RUN = register_run(RunSpec(
     name=TASK_NAME, config=RetrievalConfig,
-    build_tasks=lambda cfg, ctx: [build_retrieval_task(cfg, ctx), *build_extra_tasks(cfg, ctx)],
+    build_tasks=lambda cfg, ctx: [*([build_retrieval_task(cfg, ctx)] if cfg.rank_weight > 0 else []),
+                                  *build_extra_tasks(cfg, ctx)],
     build_model=build_retrieval_model, finish=final_evaluation, evaluate=evaluate,
     lr_multipliers=lr_multipliers,
-    best_metric=lambda cfg: f"{TASK_NAME}/r_mean" if cfg.val_datasets else None))
+    best_metric=lambda cfg: f"{TASK_NAME}/r_mean" if cfg.val_datasets and cfg.rank_weight > 0 else None))

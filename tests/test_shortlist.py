@@ -106,6 +106,25 @@ def test_positive_outside_the_shortlist_ranks_below_all_k():
     assert all(got[f"img_r{k}"] == exhaustive[f"img_r{k}"] for k in (1, 5, 10))
 
 
+def test_with_dual_similarities_the_unshortlisted_follow_in_dual_order_below_all_k():
+    ds = type("D", (), {"txt2img": TXT2IMG})()
+    t2i = np.zeros((4, 3), dtype=bool)
+    t2i[:, 0] = True                                     # k_img = 1: image 0 for every caption
+    i2t = np.ones((4, 3), dtype=bool)
+    dual = np.array([[0.0, 0.9, -0.5], [0.0, 0.8, 0.9], [0.0, 0.1, 0.5], [0.0, 0.7, 0.2]])
+    short = sl.Shortlist(t2i, i2t, 1, 4)
+    t2i_scores = sl.tiered(SCORES, t2i, dual, axis=1)
+    for row in range(4):                                 # the kept image first, then the rest by dual order
+        order = np.argsort(-t2i_scores[row], kind="stable")
+        assert order[0] == 0 and list(order[1:]) == list(1 + np.argsort(-dual[row, 1:], kind="stable"))
+    got = sl.shortlist_metrics(SCORES, short, ds, dual=dual)
+    # caption 0: kept, rank 0; 1: image 1 second (dual 0.8 < 0.9) -> rank 2; 2: image 2 first of the rest
+    # -> rank 1; 3: image 2 after image 1 -> rank 2.  R@1 = 1/4, R@5 = 4/4 (3 images).
+    assert (got["txt_r1"], got["txt_r5"]) == (25.0, 100.0)
+    ranks = [(t2i_scores[i] >= t2i_scores[i, TXT2IMG[i]]).sum() - 1 for i in range(4)]
+    assert ranks == [0, 2, 1, 2]
+
+
 def test_shortlist_recall_counts_kept_positives():
     t2i = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1], [0, 1, 0]], dtype=bool)
     i2t = np.array([[1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 1]], dtype=bool)

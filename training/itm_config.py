@@ -93,8 +93,10 @@ class RetrievalConfig(TrainConfig):
     results_dir: str = field("", help="where results.md/.json and score files go; empty: {output_dir}/results")
     tasks: list[dict[str, Any]] = field(default_factory=list, help="extra objectives mixed into the fine-tune on "
                                         "the training sets, e.g. [{'task': 'itc', 'batch_size': 32}]")
-    mix_ratio: list[float] = field(default_factory=list, help="draw weight of each extra task (itm_rank: 1.0); "
-                                                              "empty: 1.0 each")
+    mix_ratio: list[float] = field(default_factory=list, help="draw weight of each extra task (itm_rank: "
+                                                              "rank_weight); empty: 1.0 each")
+    rank_weight: float = field(1.0, help="draw weight of itm_rank; 0: do not train the cross-encoder, only the extra "
+                                         "tasks (e.g. fit an ITC shortlist head onto a fine-tuned checkpoint)")
     shortlist: ShortlistOptions = field(default_factory=ShortlistOptions, help="fast retrieval in the test evaluation")
 
     def __post_init__(self) -> None:
@@ -112,6 +114,8 @@ class RetrievalConfig(TrainConfig):
             raise ConfigError(f"mix_ratio: {len(self.mix_ratio)} values for {len(self.tasks)} extra tasks")
         if any(not r > 0 for r in self.mix_ratio):
             raise ConfigError(f"mix_ratio: expected positive weights, got {self.mix_ratio}")
+        if self.rank_weight < 0 or (self.rank_weight == 0 and not self.tasks):
+            raise ConfigError(f"rank_weight: expected > 0, or 0 with extra tasks to train, got {self.rank_weight}")
 
 
 @dataclass

@@ -931,12 +931,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.mode == "shortlist":
         report = bench_shortlist(args)
         print(format_shortlist_table(report))
-        if args.out is not None:
-            write_json(args.out.resolve(), report)
-            print(f"wrote {args.out}")
-        return report
-    report = run_benchmark(args)
-    print(format_table(report))
+    else:
+        report = run_benchmark(args)
+        print(format_table(report))
     if args.out is not None:
         write_json(args.out.resolve(), report)
         print(f"wrote {args.out}")

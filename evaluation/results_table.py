@@ -294,3 +294,45 @@ def write_tables(out_dir: str | os.PathLike, retrieval: Iterable[Any] = (), vqa:
     atomic_write_text(md_path, md)
     atomic_write_text(json_path, js + "\n")
     return md_path, json_path
+
+
+# ----------------------------------------------------------------------------------- fast retrieval
+
+SHORTLIST_HEADER = ("Set", "Lang", "Exhaustive AR", "Shortlist AR (dual encoder)", "Shortlist + rerank AR",
+                    "Recall@k t->i / i->t", "k_img / k_txt", "Pairs scored", "Pair ratio",
+                    "Exhaustive s", "Shortlist + rerank s")
+
+
+def shortlist_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Per set and language: exhaustive AR (when measured), the dual encoder's AR, the reranked AR, the
+    shortlist's recall of the positive at k, pairs scored (and how many times fewer than exhaustive) and
+    wall times. ``rows``: ``{"name", "lang", **ShortlistResult.row(), "seconds_exhaustive"?}``."""
+    body = []
+    for r in rows:
+        ratio = r["pairs_total"] / max(r["pairs_scored"], 1)
+        body.append([r["name"], r["lang"], _fmt(r.get("exhaustive_ar"), 1), _fmt(r["dual_ar"], 1),
+                     _fmt(r["rerank_ar"], 1), f"{_fmt(r['txt_recall_at_k'], 1)} / {_fmt(r['img_recall_at_k'], 1)}",
+                     f"{r['k_img']} / {r['k_txt']}", f"{r['pairs_scored']:,} of {r['pairs_total']:,}",
+                     f"{_fmt(ratio, 1)}x", _fmt(r.get("seconds_exhaustive"), 2), _fmt(r["seconds_total"], 2)])
+    if len(rows) > 1:
+        def mean(key: str) -> float | None:
+            values = [r.get(key) for r in rows]
+            return None if any(v is None for v in values) else float(sum(values) / len(values))
+        scored, total = sum(r["pairs_scored"] for r in rows), sum(r["pairs_total"] for r in rows)
+        body.append(["**Mean**", "", _fmt(mean("exhaustive_ar"), 1), _fmt(mean("dual_ar"), 1),
+                     _fmt(mean("rerank_ar"), 1), f"{_fmt(mean('txt_recall_at_k'), 1)} / "
+                     f"{_fmt(mean('img_recall_at_k'), 1)}", "", f"{scored:,} of {total:,}",
+                     f"{_fmt(total / max(scored, 1), 1)}x", _fmt(mean("seconds_exhaustive"), 2),
+                     _fmt(mean("seconds_total"), 2)])
+    return _md_table(SHORTLIST_HEADER, body)
+
+
+def write_shortlist_table(out_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Write ``shortlist.md`` and ``shortlist.json`` into ``out_dir``; returns the Markdown."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = "## Fast retrieval: shortlist (itc head) + cross-encoder rerank\n\n" + shortlist_markdown(rows)
+    js = json.dumps([dict(r) for r in rows], indent=2, ensure_ascii=False)
+    atomic_write_text(out / "shortlist.md", md)
+    atomic_write_text(out / "shortlist.json", js + "\n")
+    return md

@@ -103,7 +103,7 @@ def _grouped_img2txt_ranks(s: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def retrieval_recalls(scores: Any, txt2img: Any, ks: Sequence[int] = DEFAULT_KS,
-                      img2txt: str = "standard") -> dict[str, float]:
+                      img2txt: str = "standard", i2t_scores: Any = None) -> dict[str, float]:
     """Recall@K for image->text (``img_rK``) and text->image (``txt_rK``), and AR (``r_mean``), in percent.
 
     Args:
@@ -113,6 +113,8 @@ def retrieval_recalls(scores: Any, txt2img: Any, ks: Sequence[int] = DEFAULT_KS,
         img2txt: "standard" (an own caption among the K best captions; UC2's) or "grouped" (MLA's code:
             the own caption group among the K best groups). R@1 is the same; grouped R@5/10 can only be
             >= standard, and both are equal with one caption per image. State which one a table uses.
+        i2t_scores: optional (n_txt, n_img) matrix read for image->text instead of ``scores`` (a shortlist
+            rerank fills each direction's candidates separately: evaluation/shortlist.py).
     Returns:
         ``img_r{K}``, ``txt_r{K}`` for each K, ``r_mean`` (mean of those), ``n_txt``, ``n_img``.
     Ties are broken against the correct item (see the module docstring).
@@ -120,9 +122,18 @@ def retrieval_recalls(scores: Any, txt2img: Any, ks: Sequence[int] = DEFAULT_KS,
     if img2txt not in ("standard", "grouped"):
         raise ValueError(f"img2txt: expected 'standard' or 'grouped', got {img2txt!r}")
     s, t = _check_inputs(scores, txt2img, ks)
-    img_rank = _img2txt_ranks(s, t) if img2txt == "standard" else _grouped_img2txt_ranks(s, t)  # (n_img,)
+    q = s if i2t_scores is None else _check_same_shape(i2t_scores, s, txt2img, ks)
+    img_rank = _img2txt_ranks(q, t) if img2txt == "standard" else _grouped_img2txt_ranks(q, t)  # (n_img,)
     txt_rank = _txt2img_ranks(s, t)                           # (n_txt,)
     return _assemble(img_rank, txt_rank, ks)
+
+
+def _check_same_shape(other: Any, s: np.ndarray, txt2img: Any, ks: Sequence[int]) -> np.ndarray:
+    """The checked second (image->text) matrix, of the same shape as ``s``."""
+    q, _ = _check_inputs(other, txt2img, ks)
+    if q.shape != s.shape:
+        raise ValueError(f"i2t_scores: expected the shape of scores {s.shape}, got {q.shape}")
+    return q
 
 
 def _assemble(img_rank: Sequence[int], txt_rank: Sequence[int], ks: Sequence[int]) -> dict[str, float]:
@@ -163,7 +174,7 @@ def brute_force_recalls(scores: Any, txt2img: Any, ks: Sequence[int] = DEFAULT_K
 
 
 def coco_1k_folds(scores: Any, txt2img: Any, n_folds: int = 5, ks: Sequence[int] = DEFAULT_KS,
-                  img_folds: Any = None) -> dict[str, Any]:
+                  img_folds: Any = None, i2t_scores: Any = None) -> dict[str, Any]:
     """MSCOCO "1K test": recalls on ``n_folds`` image folds, averaged.
 
     By default images ``[f * m, (f + 1) * m)`` with ``m = n_img // n_folds`` form fold ``f``, so the
@@ -176,11 +187,13 @@ def coco_1k_folds(scores: Any, txt2img: Any, n_folds: int = 5, ks: Sequence[int]
         txt2img: (n_txt,) image index of each caption.
         n_folds: number of folds; without ``img_folds``, ``n_img`` must be a multiple of it.
         img_folds: optional (n_img,) fold id in ``[0, n_folds)`` of each image.
+        i2t_scores: optional matrix read for image->text (see :func:`retrieval_recalls`).
     Returns:
         ``{"mean": {metric: mean over folds, ..., "n_folds", "n_txt", "n_img" (totals)},
         "folds": [per-fold recall dict, ...]}``.
     """
     s, t = _check_inputs(scores, txt2img, ks)
+    q = s if i2t_scores is None else _check_same_shape(i2t_scores, s, txt2img, ks)
     fold_of_img = _fold_ids(s.shape[1], n_folds, img_folds)                # (n_img,)
     fold_of_txt = fold_of_img[t]                                          # (n_txt,)
     folds = []
@@ -191,7 +204,8 @@ def coco_1k_folds(scores: Any, txt2img: Any, n_folds: int = 5, ks: Sequence[int]
             raise ValueError(f"txt2img: fold {f} ({cols.size} images) has no caption")
         new_col = np.full(s.shape[1], -1, dtype=np.int64)
         new_col[cols] = np.arange(cols.size)                              # global -> in-fold column
-        folds.append(retrieval_recalls(s[np.ix_(rows, cols)], new_col[t[rows]], ks))
+        folds.append(retrieval_recalls(s[np.ix_(rows, cols)], new_col[t[rows]], ks,
+                                       i2t_scores=None if i2t_scores is None else q[np.ix_(rows, cols)]))
     metric_keys = [k for k in folds[0] if k not in ("n_txt", "n_img")]
     mean = {k: float(np.mean([fold[k] for fold in folds])) for k in metric_keys}
     mean.update(n_folds=float(n_folds), n_txt=float(sum(f["n_txt"] for f in folds)),

@@ -289,6 +289,9 @@ class UC2WithHeads(nn.Module):
         self.head_names: tuple[str, ...] = tuple(ordered)
         self.fresh_heads: frozenset[str] = frozenset(fresh)
         init_bert_weights(self, config.initializer_range)
+        for name in ordered:  # a head with its own init rule (model.itc.ItcHead) applies it after BERT's
+            if callable(getattr(getattr(self, name), "post_init", None)):
+                getattr(self, name).post_init()
 
     @property
     def heads(self) -> dict[str, nn.Module]:
@@ -315,10 +318,12 @@ class UC2ForPretraining(UC2WithHeads):
 
 
 class UC2ForImageTextRetrieval(UC2WithHeads):
-    """Backbone + ``itm_output`` Linear(H, 2) + ``rank_output`` Linear(H, 1) (retrieval score)."""
+    """Backbone + ``itm_output`` Linear(H, 2) + ``rank_output`` Linear(H, 1) (retrieval score), plus
+    ``extra_heads`` (e.g. the shortlist head ``itc`` of a fine-tune that mixed in the ITC task)."""
 
-    def __init__(self, config: UC2ModelConfig) -> None:
-        super().__init__(config, {"itm_output": itm_head, "rank_output": rank_head}, fresh=("rank_output",))
+    def __init__(self, config: UC2ModelConfig, extra_heads: Mapping[str, HeadFactory] | None = None) -> None:
+        super().__init__(config, {"itm_output": itm_head, "rank_output": rank_head, **(extra_heads or {})},
+                         fresh=("rank_output",))
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         """Same arguments as :meth:`UC2Model.forward` -> rank logits (B,); sigmoid gives the score."""

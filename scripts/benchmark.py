@@ -4,6 +4,7 @@
     python scripts/benchmark.py [--shape base|tiny] [--steps N] [--out FILE.json] [--sections train,decoding]
         [--tasks mlm,itm,mrtm,vtlm] [--device cpu|cuda] [--precision fp32|bf16|fp16] [--workers N]
     python scripts/benchmark.py --scale [--captions 20000000] [--world 8] [--workers 4] [--out FILE.json]
+    python scripts/benchmark.py --mode shortlist [--shape tiny|base] [--gallery 1000,5000] [--k_img 8 --k_txt 16]
 
 What it measures, all in the same process so that the ratios are comparable on a shared machine:
 
@@ -21,6 +22,10 @@ What it measures, all in the same process so that the ratios are comparable on a
 * decoding (``--sections decoding``): sentences/s of greedy and beam-8 search of a random MMT
   encoder-decoder (:class:`DecodeShape`), with the key/value caches and recomputing the prefix every step,
   their ratio (goal: cache >= 5x) and whether both gave the same output; fp32 like the rest;
+* fast retrieval (``--mode shortlist``): exhaustive cross-encoder scoring vs the itc shortlist + rerank
+  (evaluation/shortlist.py) timed end to end on a tiny-shape gallery (``--gallery``), and at any shape the
+  measured cost of one pair, one caption and one image embedding, with the projected time of both modes on
+  MSCOCO 5K (25,000 x 5,000) and a Multi30K test language (1,000 x 1,000);
 * memory: peak RSS after every phase, CUDA max allocated per phase, and the RSS and time of importing
   ``tasks.build`` and ``model.model`` in a fresh interpreter.
 
@@ -534,6 +539,111 @@ def bench_models(shape: BenchShape, paths: dict[str, Path], args, device: torch.
             "optimizer": time_optimizer(uc2, optimizer, device, args.steps)}
 
 
+# ------------------------------------------------------------------------------------------------------
+# Fast retrieval (--mode shortlist)
+
+#: test sets whose scoring time is projected at base shape: (name, captions, images)
+PROJECTED_SETS = (("MSCOCO 5K", 25_000, 5_000), ("Multi30K (one language)", 1_000, 1_000))
+
+
+def shortlist_model(shape: BenchShape, device: torch.device):
+    """A random retrieval model with the ``itc`` shortlist head (timing only: its rankings mean nothing)."""
+    from model.itc import itc_head
+    from model.model import UC2ForImageTextRetrieval
+
+    torch.manual_seed(0)
+    return UC2ForImageTextRetrieval(model_config(shape), extra_heads={"itc": itc_head}).to(device).eval() \
+        .requires_grad_(False)
+
+
+def unit_costs(model, shape: BenchShape, args, device: torch.device) -> dict[str, float]:
+    """Measured seconds per cross-encoder pair (``score_matrix`` on ``--probe_pairs`` captions x images) and
+    per caption / image embedding (the itc head's single-modality passes), best of ``--steps`` runs."""
+    from evaluation.itm_eval import ScoreSettings, score_matrix, synthetic_set
+    from evaluation.shortlist import embed_set
+
+    n_txt, n_img = args.probe
+    probe = synthetic_set(n_txt, n_img, shape.txt_tokens + 2, shape.regions, shape.img_dim, vocab_size=shape.vocab)
+    settings = ScoreSettings(head="rank", precision=args.precision)
+    pair_s = min(time_runs(lambda: score_matrix(model, probe, settings), args.steps, device)) / (n_txt * n_img)
+    emb_txt = synthetic_set(64, 1, shape.txt_tokens + 2, shape.regions, shape.img_dim, vocab_size=shape.vocab)
+    emb_img = synthetic_set(1, 64, shape.txt_tokens + 2, shape.regions, shape.img_dim, vocab_size=shape.vocab)
+    both = min(time_runs(lambda: embed_set(model, emb_txt), args.steps, device))      # 64 captions + 1 image
+    imgs = min(time_runs(lambda: embed_set(model, emb_img), args.steps, device))      # 1 caption + 64 images
+    return {"pair_s": pair_s, "txt_embed_s": both / 64, "img_embed_s": imgs / 64, "probe_pairs": n_txt * n_img}
+
+
+def projected_times(costs: dict[str, float], k_img: int, k_txt: int) -> list[dict[str, Any]]:
+    """Exhaustive vs shortlist + rerank time of :data:`PROJECTED_SETS` from the unit costs; the pairs
+    reranked are bounded by n_txt * k_img + n_img * k_txt (the union of both shortlists; k-NN not counted)."""
+    rows = []
+    for name, n_txt, n_img in PROJECTED_SETS:
+        exhaustive = n_txt * n_img * costs["pair_s"]
+        pairs = min(n_txt * k_img + n_img * k_txt, n_txt * n_img)
+        fast = n_txt * costs["txt_embed_s"] + n_img * costs["img_embed_s"] + pairs * costs["pair_s"]
+        rows.append({"set": name, "captions": n_txt, "images": n_img, "exhaustive_s": exhaustive,
+                     "pairs_reranked_max": pairs, "shortlist_s": fast, "speedup": exhaustive / fast})
+    return rows
+
+
+def end_to_end(model, shape: BenchShape, args, device: torch.device) -> dict[str, Any]:
+    """Exhaustive scoring vs shortlist + rerank, both timed end to end on a synthetic gallery."""
+    from evaluation.itm_eval import ScoreSettings, score_matrix, synthetic_set
+    from evaluation.shortlist import run_shortlist
+    from training.itm_config import ShortlistOptions
+
+    n_txt, n_img = args.gallery
+    gallery = synthetic_set(n_txt, n_img, shape.txt_tokens + 2, shape.regions, shape.img_dim, vocab_size=shape.vocab)
+    settings = ScoreSettings(head="rank", precision=args.precision)
+    options = ShortlistOptions(k_img=args.k_img, k_txt=args.k_txt)
+    log(f"shortlist: exhaustive scoring of {n_txt} x {n_img} pairs")
+    start = time.perf_counter()
+    score_matrix(model, gallery, settings)
+    sync(device)
+    exhaustive = time.perf_counter() - start
+    log("shortlist: embed, k-NN, rerank")
+    run = run_shortlist(model, gallery, settings, options)
+    pairs = int(run.shortlist.pairs.sum())
+    return {"captions": n_txt, "images": n_img, "k_img": run.shortlist.k_img, "k_txt": run.shortlist.k_txt,
+            "exhaustive_s": exhaustive, "shortlist_s": run.seconds["total"], "stages_s": run.seconds,
+            "pairs_total": n_txt * n_img, "pairs_scored": pairs, "speedup": exhaustive / run.seconds["total"]}
+
+
+def bench_shortlist(args) -> dict[str, Any]:
+    """--mode shortlist: at tiny shape the end-to-end ratio on a ``--gallery`` set; at every shape the unit
+    costs and, from them, the projected time of both modes on MSCOCO 5K and Multi30K."""
+    torch.set_num_threads(args.threads)
+    device, shape = torch.device(args.device), SHAPES[args.shape]
+    model = shortlist_model(shape, device)
+    report: dict[str, Any] = {"meta": {"shape": args.shape, "device": str(device), "precision": args.precision,
+                                       "threads": torch.get_num_threads(), "k_img": args.k_img, "k_txt": args.k_txt}}
+    if args.shape == "tiny":
+        report["end_to_end"] = end_to_end(model, shape, args, device)
+    costs = unit_costs(model, shape, args, device)
+    report["unit_costs"] = costs
+    report["projected"] = projected_times(costs, args.k_img, args.k_txt)
+    return report
+
+
+def format_shortlist_table(report: dict[str, Any]) -> str:
+    lines = []
+    e2e = report.get("end_to_end")
+    if e2e:
+        lines.append(f"end to end ({report['meta']['shape']}, {e2e['captions']} captions x {e2e['images']} images, "
+                     f"k_img {e2e['k_img']} / k_txt {e2e['k_txt']}): exhaustive {e2e['exhaustive_s']:.1f} s, "
+                     f"shortlist + rerank {e2e['shortlist_s']:.1f} s ({e2e['speedup']:.1f}x faster; "
+                     f"{e2e['pairs_scored']:,} of {e2e['pairs_total']:,} pairs)")
+    c = report["unit_costs"]
+    lines.append(f"unit costs: {c['pair_s'] * 1e3:.3f} ms / pair, {c['txt_embed_s'] * 1e3:.3f} ms / caption, "
+                 f"{c['img_embed_s'] * 1e3:.3f} ms / image")
+    lines.append("| set | captions x images | exhaustive (projected) | shortlist + rerank (projected) | speed-up |")
+    lines.append("|---|---|---|---|---|")
+    for row in report["projected"]:
+        lines.append(f"| {row['set']} | {row['captions']:,} x {row['images']:,} | {row['exhaustive_s'] / 3600:.2f} h | "
+                     f"{row['shortlist_s'] / 3600:.3f} h | {row['speedup']:.1f}x |")
+    return "\n".join(lines)
+
+
 def decoding_model(shape: DecodeShape, device: torch.device):
     """Random MMT encoder-decoder (decoder copied from the encoder) and a source batch of equal lengths."""
     from data.collate import collate_backbone, xlmr_position_ids
@@ -733,7 +843,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decode_runs", type=int, default=1, help="timed runs per decoding setting (best)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch intra-op threads (default: all cores; 1 on a machine shared with other work)")
+    parser.add_argument("--mode", choices=("default", "shortlist"), default="default",
+                        help="shortlist: fast retrieval (exhaustive vs shortlist + rerank: end to end at tiny shape, "
+                             "projected from measured unit costs at any shape)")
+    parser.add_argument("--gallery", default="1000,5000", help="shortlist mode, tiny shape: captions,images")
+    parser.add_argument("--probe", default="8,32", help="shortlist mode: captions,images timed for the per-pair cost")
+    parser.add_argument("--k_img", type=int, default=8, help="shortlist mode: images per caption reranked")
+    parser.add_argument("--k_txt", type=int, default=16, help="shortlist mode: captions per image reranked")
     args = parser.parse_args(argv)
+    try:
+        args.gallery, args.probe = (tuple(int(x) for x in v.split(",")) for v in (args.gallery, args.probe))
+    except ValueError:
+        parser.error(f"--gallery/--probe: expected two integers 'captions,images', got {args.gallery!r} / {args.probe!r}")
+    if len(args.gallery) != 2 or len(args.probe) != 2 or min(*args.gallery, *args.probe, args.k_img, args.k_txt) < 1:
+        parser.error("--gallery/--probe: expected two positive integers 'captions,images'; --k_img/--k_txt >= 1")
     args.section_list = [x.strip() for x in args.sections.split(",") if x.strip()]
     if not args.section_list or any(x not in SECTIONS for x in args.section_list):
         parser.error(f"--sections: choose from {', '.join(SECTIONS)}, got {args.sections!r}")
@@ -805,8 +928,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.scale:
         return scale_section(args)
-    report = run_benchmark(args)
-    print(format_table(report))
+    if args.mode == "shortlist":
+        report = bench_shortlist(args)
+        print(format_shortlist_table(report))
+    else:
+        report = run_benchmark(args)
+        print(format_table(report))
     if args.out is not None:
         write_json(args.out.resolve(), report)
         print(f"wrote {args.out}")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from data.sampler import OrderedBatchSampler, TokenBucketSampler
@@ -108,16 +109,24 @@ class TaskContext:
     def seed_of(self, task_name: str) -> int:
         return task_seed(self.run.seed, task_name)
 
-    def objective_task(self, objective: Objective) -> PretrainTask:
+    def objective_task(self, objective: Objective, batch_examples: int = 0) -> PretrainTask:
         """The TrainTask of ``objective`` on :attr:`dataset`: token-bucket training batches, ordered
-        validation batches, named ``{objective.name}_{dataset.name}`` and weighted by the mix ratio."""
+        validation batches, named ``{objective.name}_{dataset.name}`` and weighted by the mix ratio.
+
+        ``batch_examples`` > 0: training batches of exactly that many examples (for an objective mixed into
+        a run whose ``train_batch_size`` counts pairs, not tokens: ITC in the retrieval fine-tune)."""
         data = self.dataset
         if data is None:
             raise ValueError(f"objective_task({objective.name}): this context has no dataset")
         name = f"{objective.name}_{data.name}" if data.name else objective.name
         seed, run = self.seed_of(name), self.run
-        train_sampler = TokenBucketSampler(data.train.lens, run.train_batch_size, seed=seed, rank=self.rank,
-                                           world_size=self.world_size)
+        if batch_examples > 0:  # every example counts as one "token": batches of exactly batch_examples
+            train_sampler = TokenBucketSampler(np.ones(len(data.train), dtype=np.int64), batch_examples,
+                                               bucket_size=max(len(data.train), 1), size_multiple=1, seed=seed,
+                                               rank=self.rank, world_size=self.world_size)
+        else:
+            train_sampler = TokenBucketSampler(data.train.lens, run.train_batch_size, seed=seed, rank=self.rank,
+                                               world_size=self.world_size)
         val_data = val_sampler = None
         if data.val is not None:
             val_data = TaskDataset(data.val, objective.for_validation())

@@ -41,14 +41,16 @@ from utils.device import move_to_device
 from model.config import UC2ModelConfig
 from model.model import UC2ForImageTextRetrieval, UC2WithHeads
 from model.weights import load_uc2_checkpoint, read_state_file
-from tasks.registry import RUN, RunSpec, known_head_names, register_run, register_task
-from training.itm_config import EvalOptions, RetrievalConfig, RetrievalEvalConfig, RetrievalSetSpec
+from tasks.context import DatasetBinding
+from tasks.registry import PRETRAIN, RUN, RunSpec, known_head_names, register_run, register_task, resolve_task_config
+from training.itm_config import EvalOptions, RetrievalConfig, RetrievalEvalConfig, RetrievalSetSpec, ShortlistOptions
+from utils.errors import ConfigError
 from training.setup import init_weights, resolve_model_config
 from utils import distributed as du
 from utils.config import parse_args_and_config
 from utils.device import pick_device
 from utils.faults import check_output_dir
-from evaluation import itm_eval
+from evaluation import itm_eval, shortlist
 from evaluation.retrieval_metrics import retrieval_recalls
 
 #: ``rank_output`` is trained; ``itm_output`` scores zero-shot and is where ``rank_output`` starts from.
@@ -334,10 +336,29 @@ def build_retrieval_task(cfg: RetrievalConfig, ctx) -> RetrievalTask:
              for s in cfg.train_datasets]
     settings = RankSettings(cfg.negative_size, cfg.margin, cfg.hard_neg_every, cfg.hard_neg_pool)
     return RetrievalTask(
-        TASK_NAME, PairSource(parts), settings, batch_size=cfg.train_batch_size, seed=cfg.seed,
+        TASK_NAME, PairSource(parts), settings, batch_size=cfg.train_batch_size, seed=cfg.seed, weight=cfg.rank_weight,
         rank=ctx.rank, world_size=ctx.world_size,
         val_sets=[itm_eval.open_retrieval_set(s, img_rule(cfg)) for s in cfg.val_datasets],
         score_settings=score_settings(cfg, "rank"), options=ctx.loader)
+
+
+def build_extra_tasks(cfg: RetrievalConfig, ctx) -> list:
+    """The objectives of ``cfg.tasks`` (e.g. ITC, whose head then shortlists at test time) on the merged
+    training sets, each weighted by its ``mix_ratio`` (itm_rank weighs 1.0); task names are the objectives'
+    own (``itc``). Their batch size must count examples (``batch_size``), as train_batch_size counts pairs."""
+    if not cfg.tasks:
+        return []
+    txt_dbs = [s.txt_db for s in cfg.train_datasets]
+    source = ctx.source(txt_dbs, [s.img_db for s in cfg.train_datasets], cfg.max_txt_len)
+    built = []
+    for i, entry in enumerate(cfg.tasks):
+        spec, task_cfg = resolve_task_config(entry, cfg, f"tasks[{i}]", PRETRAIN)
+        if getattr(task_cfg, "batch_size", 0) < 1:
+            raise ConfigError(f"tasks[{i}].batch_size: set the examples per {spec.name} batch (> 0); the "
+                              f"retrieval run's train_batch_size counts positive pairs, not tokens")
+        ratio = cfg.mix_ratio[i] if cfg.mix_ratio else 1.0
+        built.append(spec.build(task_cfg, ctx.for_dataset(DatasetBinding("", ratio, source, None))))
+    return built
 
 
 def build_retrieval_model(cfg: RetrievalConfig, ctx, tasks: list) -> tuple[UC2WithHeads, dict]:
@@ -346,7 +367,7 @@ def build_retrieval_model(cfg: RetrievalConfig, ctx, tasks: list) -> tuple[UC2Wi
     (a pretraining checkpoint: ``rank_output`` starts from ``itm_output``'s match row)."""
     img_db = ctx.img_db(cfg.train_datasets[0].img_db)
     mconf = resolve_model_config(cfg, img_db.feat_dim, img_db.label_dim)
-    heads = {name: f for task in tasks for name, f in task.heads.items()}
+    heads = {**RETRIEVAL_HEADS, **{name: f for task in tasks for name, f in task.heads.items()}}
     model = UC2WithHeads(mconf, heads, fresh=heads)
     init_weights(model, cfg, known_heads=known_head_names())
     check_eval_dbs(cfg, mconf, [*cfg.val_datasets, *cfg.test_datasets])  # training parts: train.check_run_dbs
@@ -368,26 +389,80 @@ def final_evaluation(cfg: RetrievalConfig, trainer, ctx, metrics: dict) -> str:
         model.load_state_dict(read_state_file(best_path))
         LOG.info(f"test evaluation with the best validation weights {best_path}")
     out_dir = Path(cfg.results_dir or Path(cfg.output_dir) / "results")
-    results = itm_eval.evaluate_sets(model, cfg.test_datasets, score_settings(cfg, "rank"), cfg.setting,
-                                     lambda spec: itm_eval.open_retrieval_set(spec, img_rule(cfg)),
-                                     out_dir, cfg.eval.save_scores)
+    settings, open_set = score_settings(cfg, "rank"), lambda spec: itm_eval.open_retrieval_set(spec, img_rule(cfg))
+    timed: dict[str, tuple[np.ndarray, float]] = {}
+    with torch.no_grad():
+        results = itm_eval.measure_sets(cfg.test_datasets, cfg.setting, open_set,
+                                        lambda spec, ds: _timed_scores(model, ds, settings, spec.name, timed),
+                                        out_dir, cfg.eval.save_scores)
     table = itm_eval.write_results(out_dir, results)
+    if shortlist.has_itc_head(model):  # a fine-tune that mixed in ITC: the fast path on the same test sets
+        rows = shortlist_rows(model, cfg.test_datasets, settings, cfg.shortlist, open_set, timed)
+        table += "\n" + write_shortlist(out_dir, rows)
     if du.is_main():
         print(table, flush=True)
     return table
 
 
+def _timed_scores(model, dataset, settings, name: str, keep: dict) -> np.ndarray:
+    """The exhaustive matrix, kept with its wall time under ``name`` (for the shortlist table)."""
+    scores, seconds = shortlist.exhaustive_scores(model, dataset, settings)
+    keep[name] = (scores, seconds)
+    return scores
+
+
+def shortlist_rows(model, specs, settings: itm_eval.ScoreSettings, options: ShortlistOptions, open_set,
+                   exhaustive: dict[str, tuple[np.ndarray, float]] | None = None) -> list[dict]:
+    """Shortlist + rerank every set (folds as the exhaustive path); the exhaustive matrix and time come
+    from ``exhaustive`` by set name, else are measured here when ``options.compare_exhaustive``."""
+    rows = []
+    for spec in specs:
+        dataset = open_set(spec)
+        folds = itm_eval.read_fold_file(spec.fold_file, dataset) if spec.fold_file else None
+        full = (exhaustive or {}).get(spec.name)
+        if full is None and options.compare_exhaustive:
+            full = shortlist.exhaustive_scores(model, dataset, settings)
+        result, _ = shortlist.evaluate_shortlist(model, dataset, settings, options, spec.coco_folds, folds,
+                                                 None if full is None else full[0])
+        row = {"name": spec.name, "dataset": spec.dataset, "lang": spec.lang, **result.row(),
+               "metrics": result.rerank, "seconds_exhaustive": None if full is None else full[1]}
+        rows.append(row)
+    return rows
+
+
+def write_shortlist(out_dir: Path, rows: list[dict]) -> str:
+    """shortlist.md / shortlist.json on rank 0; the Markdown."""
+    from evaluation.results_table import shortlist_markdown, write_shortlist_table
+    if du.is_main():
+        return write_shortlist_table(out_dir, rows)
+    return shortlist_markdown(rows)
+
+
 def load_eval_model(cfg: RetrievalEvalConfig) -> tuple[UC2ForImageTextRetrieval, str]:
     """The model with the checkpoint's weights on this rank's device, and the head to score with."""
     mconf = UC2ModelConfig.from_json(cfg.model_config) if cfg.model_config else UC2ModelConfig()
-    model = UC2ForImageTextRetrieval(mconf)
     state = read_state_file(cfg.checkpoint)
+    extra = itc_head_from_state(state)
+    if cfg.shortlist.enabled and not extra:
+        raise ConfigError(f"shortlist.enabled: checkpoint {cfg.checkpoint} has no 'itc' head (no itc.* keys); "
+                          f"fine-tune with tasks [{{'task': 'itc', 'batch_size': 32}}] to get one, or turn "
+                          f"shortlist.enabled off")
+    model = UC2ForImageTextRetrieval(mconf, extra_heads=extra)
     head = cfg.head
     if head == "auto":
         head = "rank" if "rank_output.weight" in state else "itm"
     # A pretraining checkpoint fills rank_output from the ITM match row; the "itm" head ignores it anyway.
     LOG.info(load_uc2_checkpoint(model, state, known_heads=known_head_names()).summary())
     return model.to(pick_device()).eval(), head
+
+
+def itc_head_from_state(state: Mapping[str, torch.Tensor]) -> dict:
+    """``{"itc": factory}`` shaped like the checkpoint's ``itc.*`` keys, or {} when it has none."""
+    key = "itc.text_proj.2.weight"
+    if key not in state:
+        return {}
+    from model.itc import itc_head_factory
+    return {"itc": itc_head_factory(dim=int(state[key].shape[0]))}
 
 
 def check_eval_dbs(cfg: Any, model_config: UC2ModelConfig, specs: Sequence[Any]) -> None:
@@ -415,11 +490,18 @@ def evaluate(argv: Sequence[str] | None = None) -> list[dict]:
         setting = cfg.setting or ("Zero-shot (ITM head)" if head == "itm" else "Fine-tuned")
         settings = itm_eval.ScoreSettings(head=head, txt_block=cfg.eval.txt_block, img_block=cfg.eval.img_block,
                                           precision=cfg.precision)
+        open_set = lambda spec: itm_eval.open_retrieval_set(spec, img_rule(cfg))  # noqa: E731
         with torch.no_grad():
-            results = itm_eval.evaluate_sets(model, cfg.test_datasets, settings, setting,
-                                             lambda spec: itm_eval.open_retrieval_set(spec, img_rule(cfg)),
-                                             cfg.output_dir, cfg.eval.save_scores)
+            if cfg.shortlist.enabled:
+                rows = shortlist_rows(model, cfg.test_datasets, settings, cfg.shortlist, open_set)
+                results = [{"setting": f"{setting} (shortlist + rerank)", "dataset": r["dataset"], "lang": r["lang"],
+                            "name": r["name"], "metrics": r["metrics"]} for r in rows]
+            else:
+                results = itm_eval.evaluate_sets(model, cfg.test_datasets, settings, setting, open_set,
+                                                 cfg.output_dir, cfg.eval.save_scores)
         table = itm_eval.write_results(cfg.output_dir, results)
+        if cfg.shortlist.enabled:
+            table += "\n" + write_shortlist(Path(cfg.output_dir), rows)
         if du.is_main():
             print(table, flush=True)
         return results
@@ -428,7 +510,9 @@ def evaluate(argv: Sequence[str] | None = None) -> list[dict]:
 
 
 RETRIEVAL_RUN = register_run(RunSpec(
-    name=TASK_NAME, config=RetrievalConfig, build_tasks=lambda cfg, ctx: [build_retrieval_task(cfg, ctx)],
+    name=TASK_NAME, config=RetrievalConfig,
+    build_tasks=lambda cfg, ctx: [*([build_retrieval_task(cfg, ctx)] if cfg.rank_weight > 0 else []),
+                                  *build_extra_tasks(cfg, ctx)],
     build_model=build_retrieval_model, finish=final_evaluation, evaluate=evaluate,
     lr_multipliers=lr_multipliers,
-    best_metric=lambda cfg: f"{TASK_NAME}/r_mean" if cfg.val_datasets else None))
+    best_metric=lambda cfg: f"{TASK_NAME}/r_mean" if cfg.val_datasets and cfg.rank_weight > 0 else None))

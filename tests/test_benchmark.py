@@ -192,3 +192,22 @@ def test_decoding_section_alone(bench):
     assert "decoding" in report and "tasks" not in report
     with pytest.raises(SystemExit):
         bench.parse_args(["--sections", "train,sampling"])
+
+
+def test_shortlist_mode_times_both_paths_and_projects_the_real_sets(bench, tmp_path):
+    out = tmp_path / "shortlist.json"
+    report = bench.main(["--mode", "shortlist", "--shape", "tiny", "--gallery", "12,30", "--probe", "2,4",
+                         "--k_img", "3", "--k_txt", "4", "--steps", "1", "--threads", "1", "--out", str(out)])
+    assert json.loads(out.read_text(encoding="utf-8"))["end_to_end"]["pairs_total"] == 360
+    e2e = report["end_to_end"]
+    assert e2e["pairs_scored"] <= 12 * 3 + 30 * 4 and e2e["exhaustive_s"] > 0 and e2e["speedup"] > 0
+    costs = report["unit_costs"]
+    assert costs["probe_pairs"] == 8 and min(costs["pair_s"], costs["txt_embed_s"], costs["img_embed_s"]) > 0
+    assert [row["set"] for row in report["projected"]] == ["MSCOCO 5K", "Multi30K (one language)"]
+    coco = report["projected"][0]
+    assert coco["pairs_reranked_max"] == 25_000 * 3 + 5_000 * 4 and coco["exhaustive_s"] > coco["shortlist_s"]
+
+
+def test_shortlist_mode_refuses_a_bad_gallery(bench):
+    with pytest.raises(SystemExit):
+        bench.main(["--mode", "shortlist", "--gallery", "12"])

@@ -8,7 +8,7 @@ language, or all of them; they are merged and drawn in proportion to their sizes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from utils.config import field
 from utils.errors import ConfigError
@@ -48,6 +48,29 @@ class EvalOptions:
 
 
 @dataclass
+class ShortlistOptions:
+    """Fast retrieval (evaluation/shortlist.py): the ``itc`` head shortlists, the cross-encoder reranks."""
+
+    enabled: bool = field(False, help="evaluate with the shortlist (needs a model with the 'itc' head, from the "
+                                      "'itc' task); after training: add the shortlist table when the model has one")
+    k_img: int = field(8, help="images per caption scored by the cross-encoder (text->image)")
+    k_txt: int = field(16, help="captions per image scored by the cross-encoder (image->text)")
+    backend: Literal["exact", "faiss"] = field("exact", help="k-NN: 'exact' (chunked matrix product) or "
+                                                              "'faiss' (optional package faiss-cpu)")
+    chunk: int = field(1024, help="queries per matrix-product chunk of the exact k-NN")
+    embed_batch: int = field(64, help="captions or images per single-modality (ITC) pass")
+    compare_exhaustive: bool = field(True, help="also score every pair (timed) for the exhaustive columns "
+                                                "of the shortlist table")
+
+    def __post_init__(self) -> None:
+        for key in ("k_img", "k_txt", "chunk", "embed_batch"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"shortlist.{key}: expected >= 1, got {getattr(self, key)}")
+        if self.backend not in ("exact", "faiss"):
+            raise ConfigError(f"shortlist.backend: expected 'exact' or 'faiss', got {self.backend!r}")
+
+
+@dataclass
 class RetrievalConfig(TrainConfig):
     """Retrieval fine-tuning (paper section 4 / released config), plus the final test evaluation."""
 
@@ -68,6 +91,13 @@ class RetrievalConfig(TrainConfig):
     embeddings_lr_mult: float = field(1.0, help="learning-rate multiplier of roberta.embeddings (XLM-R text embeddings)")
     eval: EvalOptions = field(default_factory=EvalOptions, help="scoring of validation and test sets")
     results_dir: str = field("", help="where results.md/.json and score files go; empty: {output_dir}/results")
+    tasks: list[dict[str, Any]] = field(default_factory=list, help="extra objectives mixed into the fine-tune on "
+                                        "the training sets, e.g. [{'task': 'itc', 'batch_size': 32}]")
+    mix_ratio: list[float] = field(default_factory=list, help="draw weight of each extra task (itm_rank: "
+                                                              "rank_weight); empty: 1.0 each")
+    rank_weight: float = field(1.0, help="draw weight of itm_rank; 0: do not train the cross-encoder, only the extra "
+                                         "tasks (e.g. fit an ITC shortlist head onto a fine-tuned checkpoint)")
+    shortlist: ShortlistOptions = field(default_factory=ShortlistOptions, help="fast retrieval in the test evaluation")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -80,6 +110,12 @@ class RetrievalConfig(TrainConfig):
                               f">= negative_size ({self.negative_size}), got {self.hard_neg_every}/{self.hard_neg_pool}")
         if self.embeddings_lr_mult <= 0:
             raise ConfigError(f"embeddings_lr_mult: expected > 0, got {self.embeddings_lr_mult}")
+        if self.mix_ratio and len(self.mix_ratio) != len(self.tasks):
+            raise ConfigError(f"mix_ratio: {len(self.mix_ratio)} values for {len(self.tasks)} extra tasks")
+        if any(not r > 0 for r in self.mix_ratio):
+            raise ConfigError(f"mix_ratio: expected positive weights, got {self.mix_ratio}")
+        if self.rank_weight < 0 or (self.rank_weight == 0 and not self.tasks):
+            raise ConfigError(f"rank_weight: expected > 0, or 0 with extra tasks to train, got {self.rank_weight}")
 
 
 @dataclass
@@ -100,6 +136,7 @@ class RetrievalEvalConfig:
     min_bb: int = field(10, help="fewest regions per image")
     num_bb: int = field(36, help="fixed region count for feat_numbb{num_bb} image databases")
     eval: EvalOptions = field(default_factory=EvalOptions, help="scoring block sizes, score files")
+    shortlist: ShortlistOptions = field(default_factory=ShortlistOptions, help="fast retrieval: shortlist + rerank")
 
     def __post_init__(self) -> None:
         if not self.test_datasets:

@@ -49,3 +49,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def demo_stages(tmp_path_factory):
+    """``run(stage names) -> run_demo.DemoPaths``: runs the quick demo's stages (the same subprocess commands
+    as ``make demo``) in one folder shared by the session's demo tests, so a stage one test ran is not run
+    again for the next (the retrieval and shortlist tests share the corpus, stand-in and pretraining: ~4
+    minutes). A stage depends only on the stages before it in ``make demo``, never on which test asked."""
+    from scripts import run_demo
+
+    root = tmp_path_factory.mktemp("demo_stages")
+    paths = run_demo.DemoPaths(root / "run", root / "results", "quick")
+    paths.demo_dir.mkdir()
+    env = dict(os.environ, UC2_DEMO_DIR=str(paths.demo_dir), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    by_name = {stage.name: stage for stage in run_demo.stages()}
+
+    def run(names) -> "run_demo.DemoPaths":
+        for name in names:
+            run_demo.run_stage(by_name[name], paths, env, force=False)
+        return paths
+
+    return run

@@ -12,11 +12,10 @@ the vision-language pretraining (images as the pivot, VTLM on the translation pa
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from scripts import demo_report, run_demo
+from scripts import demo_report
 from scripts.plot_run import read_log_text
 
 STAGES = ("build demo corpus", "text-only XLM-R stand-in", "early adaptation", "pretraining warm-up (English ITM)",
@@ -29,15 +28,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo_retrieval")
-    paths = run_demo.DemoPaths(root / "run", root / "results", "quick")
-    paths.demo_dir.mkdir()
-    env = dict(os.environ, UC2_DEMO_DIR=str(paths.demo_dir), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    by_name = {stage.name: stage for stage in run_demo.stages()}
-    for name in STAGES:
-        run_demo.run_stage(by_name[name], paths, env, force=False)
-    return paths.demo_dir
+def demo(demo_stages):
+    return demo_stages(STAGES).demo_dir
 
 
 def _average_recall(demo_dir, run: str) -> dict[str, float]:

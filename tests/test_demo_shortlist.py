@@ -1,17 +1,16 @@
 """Fast retrieval on the demo (issue 14's claims): an ITC shortlist head fitted onto the all-language
 fine-tune (its cross-encoder untouched), then shortlist + rerank on the six test sets against exhaustive
 scoring. Runs the demo's own stages (those of tests/test_demo_retrieval.py up to the all-language fine-tune,
-then the shortlist stage: about one minute more). Measured 2026-12-04 (k_img 3 / k_txt 8): reranked AR
-70.8 / 63.5 / 69.3 / 66.5 / 70.8 / 73.8 against exhaustive 71.0 / 59.3 / 66.1 / 60.3 / 58.5 / 58.0 (en de fr
-cs ja zh), 14.4x fewer pairs scored."""
+then the shortlist stage: about one minute more; stages shared with that test run once per session, see
+conftest.demo_stages). Measured 2026-12-04 (k_img 3 / k_txt 8): reranked AR 70.8 / 63.5 / 69.3 / 66.5 / 70.8
+/ 73.8 against exhaustive 71.0 / 59.3 / 66.1 / 60.3 / 58.5 / 58.0 (en de fr cs ja zh), 14.4x fewer pairs
+scored."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from scripts import run_demo
 
 STAGES = ("build demo corpus", "text-only XLM-R stand-in", "early adaptation", "pretraining warm-up (English ITM)",
           "pretraining (MLM + ITM + MRTM + VTLM)", "retrieval fine-tuning, all_lang",
@@ -21,14 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def rows(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo_shortlist")
-    paths = run_demo.DemoPaths(root / "run", root / "results", "quick")
-    paths.demo_dir.mkdir()
-    env = dict(os.environ, UC2_DEMO_DIR=str(paths.demo_dir), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    by_name = {stage.name: stage for stage in run_demo.stages()}
-    for name in STAGES:
-        run_demo.run_stage(by_name[name], paths, env, force=False)
+def rows(demo_stages):
+    paths = demo_stages(STAGES)
     return json.loads((paths.demo_dir / "itm_all_lang_itc" / "results" / "shortlist.json").read_text())
 
 

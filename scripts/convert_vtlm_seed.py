@@ -24,10 +24,9 @@ vocabulary is not this project's tokenizer: text must be encoded with that dicti
 from __future__ import annotations
 
 import argparse
-import json
+import codecs
 import io
 import pickle  # noqa: S403 - only through RestrictedUnpickler (find_class allows numpy constructors only)
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +68,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, where: str):
         super().__init__(file)
         self.where = where
-        self.allowed = _numpy_globals()
-        self.allowed[("_codecs", "encode")] = __import__("codecs").encode
+        self.allowed = {**_numpy_globals(), ("_codecs", "encode"): codecs.encode}
 
     def find_class(self, module: str, name: str):
         try:

@@ -39,7 +39,6 @@ from torch import nn
 from model.config import UC2ModelConfig
 
 ITC_HEAD = "itc"
-PAD_ID = 1  # XLM-R's <pad>
 
 
 class ItcHead(nn.Module):
@@ -99,7 +98,8 @@ def masked_mean(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 def text_pooled(model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """Text-only pass: input_ids, position_ids (B, Lt) -> masked mean of the last layer (B, H) fp32."""
-    keep = input_ids != PAD_ID                                                  # (B, Lt)
+    # the model's own pad id (config.pad_token_id, the embedding's padding_idx), not a second constant
+    keep = input_ids != model.roberta.embeddings.word_embeddings.padding_idx    # (B, Lt)
     hidden = model.roberta.encoder(model.roberta.embeddings(input_ids, position_ids), keep.long())
     return masked_mean(hidden, keep)
 

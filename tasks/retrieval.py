@@ -442,12 +442,9 @@ def load_eval_model(cfg: RetrievalEvalConfig) -> tuple[UC2ForImageTextRetrieval,
     """The model with the checkpoint's weights on this rank's device, and the head to score with."""
     mconf = UC2ModelConfig.from_json(cfg.model_config) if cfg.model_config else UC2ModelConfig()
     state = read_state_file(cfg.checkpoint)
-    extra = itc_head_from_state(state)
-    if cfg.shortlist.enabled and not extra:
-        raise ConfigError(f"shortlist.enabled: checkpoint {cfg.checkpoint} has no 'itc' head (no itc.* keys); "
-                          f"fine-tune with tasks [{{'task': 'itc', 'batch_size': 32}}] to get one, or turn "
-                          f"shortlist.enabled off")
-    model = UC2ForImageTextRetrieval(mconf, extra_heads=extra)
+    model = UC2ForImageTextRetrieval(mconf, extra_heads=itc_head_from_state(state))
+    if cfg.shortlist.enabled:  # before any weights are loaded or sets opened
+        shortlist.require_itc_head(model, f"checkpoint {cfg.checkpoint}")
     head = cfg.head
     if head == "auto":
         head = "rank" if "rank_output.weight" in state else "itm"

@@ -4,7 +4,8 @@ baseline, with and without pretraining, plus stage times and plots.
 
     python scripts/demo_report.py --demo_dir demo_run --out results/demo [--times times.json]
 
-Reads what the demo's runs wrote (``itm_*/results/results.json``, ``vqa_*/test.scores.json``) and writes
+Reads what the demo's runs wrote (``itm_*/results/results.json``, ``itm_all_lang_itc/results/shortlist.json``,
+``vqa_*/test.scores.json``, ``mmt/report.md``) and writes
 ``OUT/report.md`` and ``OUT/report.json`` atomically, and prints the Markdown.
 """
 from __future__ import annotations
@@ -79,6 +80,16 @@ def vqa_results(demo_dir: Path) -> list[dict]:
     return rows
 
 
+#: the fast-retrieval stage's table (scripts/run_demo.py: ITC head on the all-language fine-tune)
+SHORTLIST_TABLE = Path("itm_all_lang_itc") / "results" / "shortlist.json"
+
+
+def shortlist_results(demo_dir: Path) -> list[dict]:
+    """The rows of the fast-retrieval table (evaluation/shortlist.py), [] when that stage has not run."""
+    path = demo_dir / SHORTLIST_TABLE
+    return _read_json(path) if path.is_file() else []
+
+
 def plot_links(demo_dir: Path, out: Path) -> list[str]:
     """PNG plots of the pretraining run (loss per task, validation, lr), if matplotlib can draw them."""
     try:
@@ -89,8 +100,10 @@ def plot_links(demo_dir: Path, out: Path) -> list[str]:
     return [f"![{p.stem}](plots/{p.name})" for p in paths]
 
 
-def render(retrieval: list[dict], vqa: list[dict], times: dict[str, float], plots: list[str], mmt: str = "") -> str:
-    from evaluation.results_table import demo_markdown, detail_markdown, vqa_markdown
+def render(retrieval: list[dict], vqa: list[dict], times: dict[str, float], plots: list[str], mmt: str = "",
+           shortlist: Sequence[dict] = ()) -> str:
+    from evaluation.results_table import (BELOW_SHORTLIST_NOTE, demo_markdown, detail_markdown, shortlist_markdown,
+                                          vqa_markdown)
 
     parts = ["# UC2 demo report", "",
              "Generated corpus (see data/demo/README.md); tiny model on CPU. The 'random scores' row "
@@ -99,6 +112,10 @@ def render(retrieval: list[dict], vqa: list[dict], times: dict[str, float], plot
         parts += ["## Retrieval: Average Recall per language (paper table 1 in miniature)", "",
                   demo_markdown(retrieval, "demo"), "", "<details><summary>Recall@K</summary>", "",
                   detail_markdown(retrieval), "", "</details>", ""]
+    if shortlist:
+        tails = sorted({row.get("below_shortlist", "dual_encoder") for row in shortlist})
+        parts += ["## Fast retrieval: ITC shortlist + cross-encoder rerank (all-language fine-tune)", "",
+                  shortlist_markdown(shortlist).rstrip(), "", *(BELOW_SHORTLIST_NOTE.get(t, t) for t in tails), ""]
     if vqa:
         parts += ["## VQA (test split) against the majority-answer baseline", "", vqa_markdown(vqa), ""]
     if mmt:
@@ -125,9 +142,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     args.out.mkdir(parents=True, exist_ok=True)
     mmt_table = args.demo_dir / "mmt" / "report.md"  # written by scripts/mmt_demo.py
     mmt = mmt_table.read_text(encoding="utf-8").strip() if mmt_table.is_file() else ""
-    text = render(retrieval, vqa, times, plot_links(args.demo_dir, args.out), mmt)
+    shortlist = shortlist_results(args.demo_dir)
+    text = render(retrieval, vqa, times, plot_links(args.demo_dir, args.out), mmt, shortlist)
     atomic_write_text(args.out / "report.md", text)
-    atomic_write_json({"retrieval": retrieval, "vqa": vqa, "stage_seconds": times}, args.out / "report.json")
+    atomic_write_json({"retrieval": retrieval, "shortlist": shortlist, "vqa": vqa, "stage_seconds": times},
+                      args.out / "report.json")
     print(text)
     return text
 

@@ -294,7 +294,8 @@ def _score_block_split(model, split: SplitBackbone, txt_emb: torch.Tensor, txt_l
     return pair_scores(model, seq, head).view(c, m)
 
 
-def _model_device(model) -> torch.device:
+def model_device(model) -> torch.device:
+    """The device of the model's first parameter (where its inputs must go)."""
     return next(model.parameters()).device
 
 
@@ -306,7 +307,7 @@ def score_local_rows(model, dataset: RetrievalSet, settings: ScoreSettings, rank
     Returns:
         rows (n_local,) int64 caption indices and scores (n_local, n_img) float32 for them.
     """
-    device = _model_device(model)
+    device = model_device(model)
     split = split_backbone(model) if settings.use_split is not False else None
     if settings.use_split and split is None:
         raise ValueError("ScoreSettings.use_split=True but the backbone cannot be split into "
@@ -317,7 +318,7 @@ def score_local_rows(model, dataset: RetrievalSet, settings: ScoreSettings, rank
     out = np.zeros((len(rows), len(dataset.img_fnames)), dtype=np.float32)
     with autocast(settings.precision, device):
         # Every image block is loaded (and embedded) once and reused by all caption blocks.
-        images = [_prepare_images(split, dataset, idx, device) for idx in img_blocks] if len(rows) else []
+        images = [prepare_images(split, dataset, idx, device) for idx in img_blocks] if len(rows) else []
         start = 0
         for t_idx in txt_blocks:
             txt = text_batch([dataset.txt_tokens[i] for i in t_idx], device, dataset.cls_id, dataset.sep_id)
@@ -335,7 +336,7 @@ def score_local_rows(model, dataset: RetrievalSet, settings: ScoreSettings, rank
     return rows, out
 
 
-def _prepare_images(split: SplitBackbone | None, dataset: RetrievalSet, idx: np.ndarray,
+def prepare_images(split: SplitBackbone | None, dataset: RetrievalSet, idx: np.ndarray,
                     device: torch.device) -> dict:
     """Load one image block; with a split backbone, embed it once (emb (m, Ni, H)) instead of
     keeping the raw features (m, Ni, D)."""
@@ -551,7 +552,7 @@ def measure_scoring(model, dataset: RetrievalSet, settings: ScoreSettings, repea
     """
     import time
     score_matrix(model, dataset, settings)                            # warm-up (kernels, allocator)
-    sync = torch.cuda.synchronize if _model_device(model).type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if model_device(model).type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
     for _ in range(repeats):

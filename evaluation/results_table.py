@@ -303,6 +303,15 @@ SHORTLIST_HEADER = ("Set", "Lang", "Exhaustive AR", "Shortlist AR (dual encoder)
                     "Exhaustive s", "Shortlist + rerank s")
 
 
+#: the sentence under the shortlist table saying where a query's unshortlisted candidates rank
+BELOW_SHORTLIST_NOTE = {
+    "dual_encoder": "Candidates outside a query's shortlist rank below its k reranked ones, in the dual "
+                    "encoder's order (a positive missed by the shortlist can count only at R@K with K > k).",
+    "tied": "Candidates outside a query's shortlist rank below its k reranked ones, all tied, and ties count "
+            "against the positive (a positive missed by the shortlist counts at no R@K).",
+}
+
+
 def shortlist_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """Per set and language: exhaustive AR (when measured), the dual encoder's AR, the reranked AR, the
     shortlist's recall of the positive at k, pairs scored (and how many times fewer than exhaustive) and
@@ -332,6 +341,8 @@ def write_shortlist_table(out_dir: str | os.PathLike, rows: Sequence[Mapping[str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = "## Fast retrieval: shortlist (itc head) + cross-encoder rerank\n\n" + shortlist_markdown(rows)
+    tails = {r.get("below_shortlist", "dual_encoder") for r in rows}
+    md += "\n" + "\n".join(BELOW_SHORTLIST_NOTE.get(t, t) for t in sorted(tails)) + "\n"
     js = json.dumps([dict(r) for r in rows], indent=2, ensure_ascii=False)
     atomic_write_text(out / "shortlist.md", md)
     atomic_write_text(out / "shortlist.json", js + "\n")

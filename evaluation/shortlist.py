@@ -13,8 +13,8 @@ Exhaustive scoring (evaluation/itm_eval.py) runs the cross-encoder on all ``n_tx
    bit-identical;
 4. two score matrices are filled: text->image (each caption row holds its k_img scores) and image->text
    (each image column holds its k_txt scores); every pair not shortlisted for that query is put below
-   the query's lowest reranked score, ordered by the dual encoder's similarity (:func:`tiered`; without
-   similarities, all at :data:`UNSCORED`). The positive gets no free pass: outside the shortlist it ranks
+   the query's lowest reranked score, ordered by the dual encoder's similarity (:func:`tiered`; with
+   ``below_shortlist: tied``, all at :data:`UNSCORED`). The positive gets no free pass: outside the shortlist it ranks
    below all k, and ties count against it (evaluation/retrieval_metrics.py). Only R@K with K > k can
    still find it, through the dual encoder's order: exactly as a dual-encoder-only ranking would.
 
@@ -32,9 +32,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from evaluation.itm_eval import (RetrievalSet, ScoreSettings, _model_device, _prepare_images, caption_blocks,
-                                 gather_rows, image_blocks, image_batch, pair_scores, score_matrix, set_metrics,
-                                 split_backbone, text_batch)
+from evaluation.itm_eval import (RetrievalSet, ScoreSettings, caption_blocks, gather_rows, image_batch,
+                                 image_blocks, model_device, pair_scores, prepare_images, score_matrix,
+                                 set_metrics, split_backbone, text_batch)
 from evaluation.retrieval_metrics import coco_1k_folds, retrieval_recalls
 from model.itc import ITC_HEAD, has_itc_head, image_embeddings, region_mask, text_embeddings
 from utils import distributed as du
@@ -49,8 +49,11 @@ BACKENDS = ("exact", "faiss")
 class ShortlistSettings(Protocol):
     """What the shortlist reads (training.itm_config.ShortlistOptions, the checked config, is one)."""
 
-    k_img: int          # images kept per caption (text->image)
-    k_txt: int          # captions kept per image (image->text)
+    k_img: int | None   # images kept per caption (text->image); None: from the gallery size
+    k_txt: int | None   # captions kept per image (image->text); None: from the gallery size
+    k_fraction: float   # a k that is None: this fraction of the query's gallery (see gallery_k)
+    k_max: int          # ... and at most this
+    below_shortlist: str  # "dual_encoder" or "tied": the order of the candidates outside a shortlist
     backend: str        # "exact" or "faiss"
     chunk: int          # queries per matrix-product chunk of the exact backend
     embed_batch: int    # captions or images per single-modality pass
@@ -69,7 +72,7 @@ def require_itc_head(model, where: str) -> None:
 @torch.no_grad()
 def embed_set(model, dataset: RetrievalSet, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised ITC embeddings: captions (n_txt, dim) and images (n_img, dim), fp32 on the model's device."""
-    device = _model_device(model)
+    device = model_device(model)
     txt = []
     for s in range(0, len(dataset.txt_tokens), batch):
         b = text_batch(dataset.txt_tokens[s:s + batch], device, dataset.cls_id, dataset.sep_id)
@@ -118,6 +121,19 @@ def _faiss_knn(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> np.ndarr
     return idx.astype(np.int64)
 
 
+def gallery_k(k: int | None, gallery: int, fraction: float, k_max: int) -> int:
+    """The k used for a gallery of ``gallery`` candidates (one fold's images or captions).
+
+    A k that is set is clipped to the gallery. None gives ``floor(fraction * gallery)``, at least 1 and at
+    most ``k_max``: a default that follows the gallery, so that the cross-encoder scores at most
+    ``2 * fraction`` of all pairs (n_txt * k_img + n_img * k_txt) on a 50-image demo set and on a 5K one
+    alike, while large galleries stop at ``k_max`` candidates per query.
+    """
+    if k is not None:
+        return max(1, min(k, gallery))
+    return max(1, min(k_max, gallery, int(np.floor(fraction * gallery + 1e-9))))
+
+
 @dataclass
 class Shortlist:
     """Which pairs each query keeps: ``t2i`` (n_txt, n_img) bool (caption rows) and ``i2t`` (n_txt, n_img)
@@ -137,12 +153,13 @@ class Shortlist:
 def build_shortlist(txt_emb: torch.Tensor, img_emb: torch.Tensor, txt2img: np.ndarray, settings: ShortlistSettings,
                     img_folds: np.ndarray | None = None) -> Shortlist:
     """Top ``k_img`` images per caption and top ``k_txt`` captions per image, within each fold of
-    ``img_folds`` (n_img,) (a caption belongs to its image's fold); None = one fold."""
+    ``img_folds`` (n_img,) (a caption belongs to its image's fold); None = one fold. Each k comes from
+    :func:`gallery_k` on the smallest fold (so every query of every fold keeps the same number)."""
     n_txt, n_img = len(txt_emb), len(img_emb)
     folds = np.zeros(n_img, dtype=np.int64) if img_folds is None else np.asarray(img_folds, dtype=np.int64)
     groups = [(np.flatnonzero(folds[txt2img] == f), np.flatnonzero(folds == f)) for f in np.unique(folds)]
-    k_img = min(settings.k_img, *(len(cols) for _, cols in groups))
-    k_txt = min(settings.k_txt, *(len(rows) for rows, _ in groups))
+    k_img = gallery_k(settings.k_img, min(len(cols) for _, cols in groups), settings.k_fraction, settings.k_max)
+    k_txt = gallery_k(settings.k_txt, min(len(rows) for rows, _ in groups), settings.k_fraction, settings.k_max)
     t2i = np.zeros((n_txt, n_img), dtype=bool)
     i2t = np.zeros((n_txt, n_img), dtype=bool)
     for rows, cols in groups:
@@ -206,7 +223,7 @@ def score_pairs(model, dataset: RetrievalSet, need: np.ndarray, settings: ScoreS
     exactly the exhaustive batch, so with every pair needed the matrix equals :func:`itm_eval.score_matrix`
     bit for bit.
     """
-    device = _model_device(model)
+    device = model_device(model)
     split = split_backbone(model)
     if split is None:
         raise ValueError("score_pairs: the backbone cannot be split into embed_text/embed_image/encode")
@@ -221,7 +238,7 @@ def score_pairs(model, dataset: RetrievalSet, need: np.ndarray, settings: ScoreS
     try:
         with autocast(settings.precision, device):
             used = [bool(need[:, idx].any()) for idx in img_blocks]
-            images = [_prepare_images(split, dataset, idx, device) if u else None for idx, u in zip(img_blocks, used)]
+            images = [prepare_images(split, dataset, idx, device) if u else None for idx, u in zip(img_blocks, used)]
             start = 0
             for t_idx in txt_blocks:
                 _score_caption_block(model, split, dataset, t_idx, need[t_idx], img_blocks, images, cap,
@@ -237,7 +254,7 @@ def _score_caption_block(model, split, dataset: RetrievalSet, t_idx: np.ndarray,
     """Fill ``out`` (c, n_img) with the needed pairs of one caption block (``need`` (c, n_img))."""
     if not need.any():
         return
-    device = _model_device(model)
+    device = model_device(model)
     txt = text_batch([dataset.txt_tokens[i] for i in t_idx], device, dataset.cls_id, dataset.sep_id)
     txt_emb = split.embed_text(txt["input_ids"], txt["position_ids"])                         # (c, Lt, H)
     group: list = []
@@ -307,13 +324,15 @@ class ShortlistResult:
     seconds: dict[str, float] = field(default_factory=dict)
     k_img: int = 0
     k_txt: int = 0
+    below_shortlist: str = "dual_encoder"
 
     def row(self) -> dict[str, Any]:
         """Flat dict for results.json / the table."""
         out = {"dual_ar": self.dual["r_mean"], "rerank_ar": self.rerank["r_mean"],
                "exhaustive_ar": self.exhaustive["r_mean"] if self.exhaustive else None,
                "pairs_scored": self.pairs_scored, "pairs_total": self.pairs_total,
-               "k_img": self.k_img, "k_txt": self.k_txt, **self.recall_at_k}
+               "k_img": self.k_img, "k_txt": self.k_txt, "below_shortlist": self.below_shortlist,
+               **self.recall_at_k}
         out.update({f"seconds_{k}": v for k, v in self.seconds.items()})
         return out
 
@@ -333,7 +352,7 @@ def run_shortlist(model, dataset: RetrievalSet, score_settings: ScoreSettings, s
                   img_folds: np.ndarray | None = None) -> ShortlistRun:
     """Embed, shortlist (within ``img_folds`` (n_img,) when given) and rerank one set, timing each stage."""
     require_itc_head(model, "the model")
-    sync = torch.cuda.synchronize if _model_device(model).type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if model_device(model).type == "cuda" else (lambda: None)
     was_training = model.training
     model.eval()
     try:
@@ -364,10 +383,12 @@ def evaluate_shortlist(model, dataset: RetrievalSet, score_settings: ScoreSettin
     result = ShortlistResult(
         exhaustive=set_metrics(exhaustive, dataset, coco_folds, folds) if exhaustive is not None else None,
         dual=set_metrics(dual_sims, dataset, coco_folds, folds),
-        rerank=shortlist_metrics(run.scores, run.shortlist, dataset, coco_folds, folds, dual_sims),
+        rerank=shortlist_metrics(run.scores, run.shortlist, dataset, coco_folds, folds,
+                                 dual_sims if settings.below_shortlist == "dual_encoder" else None),
         recall_at_k=shortlist_recall(run.shortlist, dataset.txt2img),
         pairs_scored=int(run.shortlist.pairs.sum()), pairs_total=int(run.shortlist.pairs.size),
-        seconds=run.seconds, k_img=run.shortlist.k_img, k_txt=run.shortlist.k_txt)
+        seconds=run.seconds, k_img=run.shortlist.k_img, k_txt=run.shortlist.k_txt,
+        below_shortlist=settings.below_shortlist)
     return result, run.scores
 
 

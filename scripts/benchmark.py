@@ -4,7 +4,7 @@
     python scripts/benchmark.py [--shape base|tiny] [--steps N] [--out FILE.json] [--sections train,decoding]
         [--tasks mlm,itm,mrtm,vtlm] [--device cpu|cuda] [--precision fp32|bf16|fp16] [--workers N]
     python scripts/benchmark.py --scale [--captions 20000000] [--world 8] [--workers 4] [--out FILE.json]
-    python scripts/benchmark.py --mode shortlist [--shape tiny|base] [--gallery 1000,5000] [--k_img 8 --k_txt 16]
+    python scripts/benchmark.py --mode shortlist [--shape tiny|base] [--gallery 1000,5000] [--k_img K --k_txt K]
 
 What it measures, all in the same process so that the ratios are comparable on a shared machine:
 
@@ -573,16 +573,22 @@ def unit_costs(model, shape: BenchShape, args, device: torch.device) -> dict[str
     return {"pair_s": pair_s, "txt_embed_s": both / 64, "img_embed_s": imgs / 64, "probe_pairs": n_txt * n_img}
 
 
-def projected_times(costs: dict[str, float], k_img: int, k_txt: int) -> list[dict[str, Any]]:
-    """Exhaustive vs shortlist + rerank time of :data:`PROJECTED_SETS` from the unit costs; the pairs
-    reranked are bounded by n_txt * k_img + n_img * k_txt (the union of both shortlists; k-NN not counted)."""
+def projected_times(costs: dict[str, float], options) -> list[dict[str, Any]]:
+    """Exhaustive vs shortlist + rerank time of :data:`PROJECTED_SETS` from the unit costs, at the k that
+    ``options`` (training.itm_config.ShortlistOptions) gives each set's gallery; the pairs reranked are
+    bounded by n_txt * k_img + n_img * k_txt (the union of both shortlists; k-NN not counted)."""
+    from evaluation.shortlist import gallery_k
+
     rows = []
     for name, n_txt, n_img in PROJECTED_SETS:
+        k_img = gallery_k(options.k_img, n_img, options.k_fraction, options.k_max)
+        k_txt = gallery_k(options.k_txt, n_txt, options.k_fraction, options.k_max)
         exhaustive = n_txt * n_img * costs["pair_s"]
         pairs = min(n_txt * k_img + n_img * k_txt, n_txt * n_img)
         fast = n_txt * costs["txt_embed_s"] + n_img * costs["img_embed_s"] + pairs * costs["pair_s"]
-        rows.append({"set": name, "captions": n_txt, "images": n_img, "exhaustive_s": exhaustive,
-                     "pairs_reranked_max": pairs, "shortlist_s": fast, "speedup": exhaustive / fast})
+        rows.append({"set": name, "captions": n_txt, "images": n_img, "k_img": k_img, "k_txt": k_txt,
+                     "exhaustive_s": exhaustive, "pairs_reranked_max": pairs, "shortlist_s": fast,
+                     "speedup": exhaustive / fast})
     return rows
 
 
@@ -595,7 +601,7 @@ def end_to_end(model, shape: BenchShape, args, device: torch.device) -> dict[str
     n_txt, n_img = args.gallery
     gallery = synthetic_set(n_txt, n_img, shape.txt_tokens + 2, shape.regions, shape.img_dim, vocab_size=shape.vocab)
     settings = ScoreSettings(head="rank", precision=args.precision)
-    options = ShortlistOptions(k_img=args.k_img, k_txt=args.k_txt)
+    options = ShortlistOptions(k_img=args.k_img, k_txt=args.k_txt)   # None: the default k from the gallery size
     log(f"shortlist: exhaustive scoring of {n_txt} x {n_img} pairs")
     start = time.perf_counter()
     score_matrix(model, gallery, settings)
@@ -612,6 +618,8 @@ def end_to_end(model, shape: BenchShape, args, device: torch.device) -> dict[str
 def bench_shortlist(args) -> dict[str, Any]:
     """--mode shortlist: at tiny shape the end-to-end ratio on a ``--gallery`` set; at every shape the unit
     costs and, from them, the projected time of both modes on MSCOCO 5K and Multi30K."""
+    from training.itm_config import ShortlistOptions
+
     torch.set_num_threads(args.threads)
     device, shape = torch.device(args.device), SHAPES[args.shape]
     model = shortlist_model(shape, device)
@@ -621,7 +629,7 @@ def bench_shortlist(args) -> dict[str, Any]:
         report["end_to_end"] = end_to_end(model, shape, args, device)
     costs = unit_costs(model, shape, args, device)
     report["unit_costs"] = costs
-    report["projected"] = projected_times(costs, args.k_img, args.k_txt)
+    report["projected"] = projected_times(costs, ShortlistOptions(k_img=args.k_img, k_txt=args.k_txt))
     return report
 
 
@@ -636,11 +644,12 @@ def format_shortlist_table(report: dict[str, Any]) -> str:
     c = report["unit_costs"]
     lines.append(f"unit costs: {c['pair_s'] * 1e3:.3f} ms / pair, {c['txt_embed_s'] * 1e3:.3f} ms / caption, "
                  f"{c['img_embed_s'] * 1e3:.3f} ms / image")
-    lines.append("| set | captions x images | exhaustive (projected) | shortlist + rerank (projected) | speed-up |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| set | captions x images | k_img / k_txt | exhaustive (projected) | shortlist + rerank (projected) "
+                 "| speed-up |")
+    lines.append("|---|---|---|---|---|---|")
     for row in report["projected"]:
-        lines.append(f"| {row['set']} | {row['captions']:,} x {row['images']:,} | {row['exhaustive_s'] / 3600:.2f} h | "
-                     f"{row['shortlist_s'] / 3600:.3f} h | {row['speedup']:.1f}x |")
+        lines.append(f"| {row['set']} | {row['captions']:,} x {row['images']:,} | {row['k_img']} / {row['k_txt']} | "
+                     f"{row['exhaustive_s'] / 3600:.2f} h | {row['shortlist_s'] / 3600:.3f} h | {row['speedup']:.1f}x |")
     return "\n".join(lines)
 
 
@@ -848,14 +857,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "projected from measured unit costs at any shape)")
     parser.add_argument("--gallery", default="1000,5000", help="shortlist mode, tiny shape: captions,images")
     parser.add_argument("--probe", default="8,32", help="shortlist mode: captions,images timed for the per-pair cost")
-    parser.add_argument("--k_img", type=int, default=8, help="shortlist mode: images per caption reranked")
-    parser.add_argument("--k_txt", type=int, default=16, help="shortlist mode: captions per image reranked")
+    parser.add_argument("--k_img", type=int, default=None, help="shortlist mode: images per caption reranked "
+                                                                 "(default: from the gallery size, as inf_itm.py)")
+    parser.add_argument("--k_txt", type=int, default=None, help="shortlist mode: captions per image reranked "
+                                                                 "(default: from the gallery size, as inf_itm.py)")
     args = parser.parse_args(argv)
     try:
         args.gallery, args.probe = (tuple(int(x) for x in v.split(",")) for v in (args.gallery, args.probe))
     except ValueError:
         parser.error(f"--gallery/--probe: expected two integers 'captions,images', got {args.gallery!r} / {args.probe!r}")
-    if len(args.gallery) != 2 or len(args.probe) != 2 or min(*args.gallery, *args.probe, args.k_img, args.k_txt) < 1:
+    ks = [k for k in (args.k_img, args.k_txt) if k is not None]
+    if len(args.gallery) != 2 or len(args.probe) != 2 or min(*args.gallery, *args.probe, *ks) < 1:
         parser.error("--gallery/--probe: expected two positive integers 'captions,images'; --k_img/--k_txt >= 1")
     args.section_list = [x.strip() for x in args.sections.split(",") if x.strip()]
     if not args.section_list or any(x not in SECTIONS for x in args.section_list):

@@ -208,6 +208,18 @@ def test_shortlist_mode_times_both_paths_and_projects_the_real_sets(bench, tmp_p
     assert coco["pairs_reranked_max"] == 25_000 * 3 + 5_000 * 4 and coco["exhaustive_s"] > coco["shortlist_s"]
 
 
+def test_shortlist_mode_defaults_to_the_k_each_gallery_gets_in_inf_itm(bench):
+    report = bench.main(["--mode", "shortlist", "--shape", "tiny", "--gallery", "100,50", "--probe", "2,4",
+                         "--steps", "1", "--threads", "1"])
+    e2e = report["end_to_end"]
+    assert (e2e["k_img"], e2e["k_txt"]) == (2, 4)                  # 4 % of 50 images, of 100 captions
+    assert e2e["pairs_scored"] <= 100 * 2 + 50 * 4
+    coco, m30k = report["projected"]
+    assert (coco["k_img"], coco["k_txt"]) == (200, 256)            # 4 % of 5,000 images; captions capped at k_max
+    assert (m30k["k_img"], m30k["k_txt"]) == (40, 40)
+    assert coco["pairs_reranked_max"] == 25_000 * 200 + 5_000 * 256
+
+
 def test_shortlist_mode_refuses_a_bad_gallery(bench):
     with pytest.raises(SystemExit):
         bench.main(["--mode", "shortlist", "--gallery", "12"])

@@ -66,12 +66,49 @@ def test_faiss_backend_without_faiss_is_a_clear_error(monkeypatch):
         sl.knn(torch.eye(2), torch.eye(2), 1, "faiss")
 
 
-@pytest.mark.parametrize("key", ["k_img", "k_txt", "chunk"])
+@pytest.mark.parametrize("key", ["k_img", "k_txt", "k_max", "chunk"])
 def test_bad_shortlist_settings_name_the_key(key):
     with pytest.raises(ConfigError, match=f"shortlist.{key}"):
         ShortlistOptions(**{key: 0})
     with pytest.raises(ConfigError, match="shortlist.backend"):
         ShortlistOptions(backend="annoy")
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="shortlist.k_fraction"):
+            ShortlistOptions(k_fraction=bad)
+    with pytest.raises(ConfigError, match="shortlist.below_shortlist"):
+        ShortlistOptions(below_shortlist="free")
+
+
+# ------------------------------------------------------------------------------------- the default k
+
+
+def test_default_k_follows_the_gallery_size():
+    opts = ShortlistOptions()
+    assert (opts.k_img, opts.k_txt, opts.k_fraction, opts.k_max) == (None, None, 0.04, 256)
+    k = lambda n: sl.gallery_k(None, n, opts.k_fraction, opts.k_max)  # noqa: E731
+    assert [k(n) for n in (1, 10, 25, 50, 200, 1_000, 5_000, 25_000)] == [1, 1, 1, 2, 8, 40, 200, 256]
+    assert sl.gallery_k(16, 10, 0.04, 256) == 10 and sl.gallery_k(3, 50, 0.04, 256) == 3   # a set k: clipped only
+    # below the cap, the pairs of both directions stay within 2 * k_fraction of all pairs (>= 12.5x fewer)
+    for n_txt, n_img in ((200, 50), (1_000, 1_000), (5_000, 1_000), (1_000, 5_000)):
+        assert n_txt * k(n_img) + n_img * k(n_txt) <= 2 * opts.k_fraction * n_txt * n_img
+
+
+def test_default_k_on_a_demo_sized_gallery_scores_under_a_tenth_of_the_pairs():
+    gen = torch.Generator().manual_seed(2)
+    txt = torch.nn.functional.normalize(torch.randn(200, 8, generator=gen), dim=1)
+    img = torch.nn.functional.normalize(torch.randn(50, 8, generator=gen), dim=1)
+    short = sl.build_shortlist(txt, img, np.repeat(np.arange(50), 4), ShortlistOptions())
+    assert (short.k_img, short.k_txt) == (2, 8)
+    assert short.t2i.sum(axis=1).tolist() == [2] * 200 and short.i2t.sum(axis=0).tolist() == [8] * 50
+    assert short.pairs.sum() <= 10_000 / 10
+
+
+def test_default_k_in_folds_comes_from_the_smallest_fold():
+    gen = torch.Generator().manual_seed(3)
+    txt, img = torch.randn(500, 4, generator=gen), torch.randn(100, 4, generator=gen)
+    folds = np.repeat(np.arange(2), 50)                                 # 2 folds of 50 images, 250 captions
+    short = sl.build_shortlist(txt, img, np.repeat(np.arange(100), 5), ShortlistOptions(), folds)
+    assert (short.k_img, short.k_txt) == (2, 10)
 
 
 # ----------------------------------------------------------------------- hand-made score matrices
@@ -124,6 +161,38 @@ def test_with_dual_similarities_the_unshortlisted_follow_in_dual_order_below_all
     assert (got["txt_r1"], got["txt_r5"]) == (25.0, 100.0)
     ranks = [(t2i_scores[i] >= t2i_scores[i, TXT2IMG[i]]).sum() - 1 for i in range(4)]
     assert ranks == [0, 2, 1, 2]
+
+
+def test_tied_below_the_shortlist_counts_a_missed_positive_at_no_k():
+    # 7 captions, one per image; every caption keeps image 0 only (k_img = 1); the dual encoder puts each
+    # caption's own image first among the other six.
+    n = 7
+    txt2img = np.arange(n)
+    ds = type("D", (), {"txt2img": txt2img})()
+    scores = np.zeros((n, n))
+    t2i = np.zeros((n, n), dtype=bool)
+    t2i[:, 0] = True
+    dual = np.eye(n) * 0.9
+    short = sl.Shortlist(t2i, np.ones((n, n), dtype=bool), 1, n)
+    ordered = sl.shortlist_metrics(scores, short, ds, dual=dual)
+    tied = sl.shortlist_metrics(scores, short, ds, dual=None)
+    # caption 0 is kept (rank 0); captions 1-6 miss: rank 1 in dual order (found at R@5), or tied with
+    # the five other unscored images at the bottom (rank 6, found at R@10 only: no better than chance)
+    assert (ordered["txt_r1"], ordered["txt_r5"]) == pytest.approx((100 / 7, 100.0))
+    assert (tied["txt_r1"], tied["txt_r5"], tied["txt_r10"]) == pytest.approx((100 / 7, 100 / 7, 100.0))
+
+
+def test_below_shortlist_option_picks_the_tier_of_the_reranked_metrics():
+    model, ds = itc_model(), tiny_set(n_img=8, caps_per_img=2)
+    settings = ScoreSettings(head="rank", txt_block=4, img_block=3)
+    results = {tail: sl.evaluate_shortlist(model, ds, settings, ShortlistOptions(k_img=1, k_txt=1,
+                                                                                 below_shortlist=tail))
+               for tail in ("dual_encoder", "tied")}
+    (ordered, scores), (tied, _) = results["dual_encoder"], results["tied"]
+    assert ordered.row()["below_shortlist"] == "dual_encoder" and tied.row()["below_shortlist"] == "tied"
+    short = sl.build_shortlist(*sl.embed_set(model, ds), ds.txt2img, ShortlistOptions(k_img=1, k_txt=1))
+    assert tied.rerank == sl.shortlist_metrics(scores, short, ds, dual=None)
+    assert ordered.rerank["r_mean"] >= tied.rerank["r_mean"]   # ordering the tail can only lift a missed positive
 
 
 def test_shortlist_recall_counts_kept_positives():
@@ -250,3 +319,19 @@ def test_fine_tune_with_itc_mixed_in_then_shortlist_evaluation(corpus, tmp_path)
     with pytest.raises(ConfigError, match="pretrain.pt has no 'itc' head"):
         inf_itm.main(["--output_dir", str(tmp_path / "no_itc"), "--model_config", str(corpus["model_config"]),
                       "--checkpoint", str(corpus["checkpoint"]), "--test_datasets", tests, "--shortlist.enabled", "true"])
+
+    # scripts/shortlist_sweep.py on the same run: k = N (fraction 1) is exhaustive scoring exactly
+    from scripts import shortlist_sweep
+    sweep_json = tmp_path / "sweep.json"
+    rows = shortlist_sweep.main(["--run_dir", str(out), "--split", "test", "--fractions", "1.0,0.25",
+                                 "--k", "1/1", "--out", str(sweep_json)])
+    assert [r["setting"] for r in rows] == ["k_fraction 1", "k_fraction 0.25", "k 1/1"]
+    saved = json.loads(sweep_json.read_text())
+    exhaustive = sum(s["exhaustive_ar"] for s in saved["sets"]) / len(saved["sets"])
+    assert rows[0]["worst_change"] == 0.0 and rows[0]["pair_ratio"] == 1.0 and rows[0]["rerank_ar"] == exhaustive
+    for s in saved["sets"]:
+        one = s["settings"]["k 1/1"]
+        assert (one["k_img"], one["k_txt"]) == (1, 1) and one["pairs_scored"] < one["pairs_total"]
+    assert rows[2]["pair_ratio"] > rows[1]["pair_ratio"] > 1.0
+    with pytest.raises(ConfigError, match="'val_datasets' is empty"):
+        shortlist_sweep.main(["--run_dir", str(out), "--split", "val"])

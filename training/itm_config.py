@@ -53,8 +53,18 @@ class ShortlistOptions:
 
     enabled: bool = field(False, help="evaluate with the shortlist (needs a model with the 'itc' head, from the "
                                       "'itc' task); after training: add the shortlist table when the model has one")
-    k_img: int = field(8, help="images per caption scored by the cross-encoder (text->image)")
-    k_txt: int = field(16, help="captions per image scored by the cross-encoder (image->text)")
+    k_img: int | None = field(None, help="images per caption scored by the cross-encoder (text->image); null: "
+                                         "from the gallery size (k_fraction, k_max)")
+    k_txt: int | None = field(None, help="captions per image scored by the cross-encoder (image->text); null: "
+                                         "from the gallery size (k_fraction, k_max)")
+    k_fraction: float = field(0.04, help="a k left null is this fraction of the query's gallery (the images, or "
+                                         "the captions, of its fold), rounded down, at least 1, at most k_max: "
+                                         "the cross-encoder then scores at most 2 * k_fraction of all pairs")
+    k_max: int = field(256, help="upper bound of a k taken from k_fraction (large galleries)")
+    below_shortlist: Literal["dual_encoder", "tied"] = field(
+        "dual_encoder", help="order of the candidates outside a query's shortlist, all of them below its k "
+                             "reranked ones: 'dual_encoder' (by the itc similarity) or 'tied' (one tie at the "
+                             "bottom, counted against the positive)")
     backend: Literal["exact", "faiss"] = field("exact", help="k-NN: 'exact' (chunked matrix product) or "
                                                               "'faiss' (optional package faiss-cpu)")
     chunk: int = field(1024, help="queries per matrix-product chunk of the exact k-NN")
@@ -63,9 +73,17 @@ class ShortlistOptions:
                                                 "of the shortlist table")
 
     def __post_init__(self) -> None:
-        for key in ("k_img", "k_txt", "chunk", "embed_batch"):
+        for key in ("k_img", "k_txt"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"shortlist.{key}: expected >= 1, or null (from the gallery size), got {value}")
+        for key in ("k_max", "chunk", "embed_batch"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"shortlist.{key}: expected >= 1, got {getattr(self, key)}")
+        if not 0.0 < self.k_fraction <= 1.0:
+            raise ConfigError(f"shortlist.k_fraction: expected a fraction in (0, 1], got {self.k_fraction}")
+        if self.below_shortlist not in ("dual_encoder", "tied"):
+            raise ConfigError(f"shortlist.below_shortlist: expected 'dual_encoder' or 'tied', got {self.below_shortlist!r}")
         if self.backend not in ("exact", "faiss"):
             raise ConfigError(f"shortlist.backend: expected 'exact' or 'faiss', got {self.backend!r}")
 

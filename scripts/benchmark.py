@@ -56,6 +56,8 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("mlm", "itm", "mrtm", "vtlm")
+#: measured only when listed in --tasks: the ITC shortlist objective (its cost in a pretraining mix)
+OPTIONAL_TASKS = ("itc",)
 PAD_ID, CLS_ID, SEP_ID = 1, 0, 2
 FIRST_TOKEN = 5  # ids below are specials / <unk>
 
@@ -515,7 +517,11 @@ def bench_models(shape: BenchShape, paths: dict[str, Path], args, device: torch.
     from optim.adamw import param_groups
 
     torch.manual_seed(0)
-    uc2 = UC2ForPretraining(model_config(shape)).to(device).train()
+    extra = {}
+    if "itc" in args.task_list:  # the shortlist head, as a pretraining run that lists the itc task builds it
+        from model.itc import itc_head
+        extra["itc"] = itc_head
+    uc2 = UC2ForPretraining(model_config(shape), extra_heads=extra).to(device).train()
     hf = hf_masked_lm(shape).to(device).train()
     # No parameter needs a gradient in evaluation; frozen, views of weights taken under no_grad (the image
     # type row) do not look like autograd leaves to FlopCounterMode's module tracker.
@@ -837,7 +843,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="base")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per phase (best one reported)")
     parser.add_argument("--out", type=Path, default=None, help="JSON report path (default: print only)")
-    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
+    parser.add_argument("--tasks", default=",".join(TASKS),
+                        help=f"comma-separated subset of {','.join(TASKS + OPTIONAL_TASKS)} (default: {','.join(TASKS)})")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: load in-process)")
@@ -875,9 +882,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.decode_runs < 1 or args.threads < 1:
         parser.error("--decode_runs and --threads must be >= 1")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in TASKS + OPTIONAL_TASKS]
     if unknown or not tasks:
-        parser.error(f"--tasks: unknown {unknown or 'empty list'}; choose from {', '.join(TASKS)}")
+        parser.error(f"--tasks: unknown {unknown or 'empty list'}; choose from {', '.join(TASKS + OPTIONAL_TASKS)}")
     if args.steps < 1 or args.load_batches < 1 or args.workers < 0:
         parser.error("--steps and --load_batches must be >= 1, --workers >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -63,6 +63,16 @@ def test_every_task_has_sane_throughputs(bench, tiny_report):
         assert torch.isfinite(torch.tensor(task["loss"])), name
 
 
+def test_itc_is_measured_when_listed(bench):
+    """ITC's cost in a pretraining mix (tasks/itc.py): a text-only and an image-only pass per example."""
+    report = bench.main(["--shape", "tiny", "--steps", "1", "--sections", "train", "--tasks", "itm,itc"])
+    assert set(report["tasks"]) == {"itm", "itc"}
+    itc = report["tasks"]["itc"]
+    assert itc["step_s"] > 0 and itc["flops_per_step"] > 0 and torch.isfinite(torch.tensor(itc["loss"]))
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--tasks", "itm,contrastive"])
+
+
 def test_mlm_flops_match_the_analytic_count(bench, tiny_report):
     """The counted FLOPs of a tiny MLM step lie between the encoder's 6 * params * tokens and that plus
     the heads and attention (a factor 2 covers them at this shape)."""

@@ -25,6 +25,20 @@ def _fixture_root() -> Path:
     return REPO_ROOT.parent / "shared" / "fixtures" / "uc2_original"
 
 
+#: A native abort that a gloo rank (always rank 1 so far) has hit at process exit after all its collectives
+#: were done: seen twice in about six full suites on a 2-core machine, never in 325 targeted repeats of the
+#: same launches (docs/notes/lead-2026-12-04-b.md). A test marked ``multirank`` runs again once when, and
+#: only when, its failure message carries this text (pytest-rerunfailures); any other failure, or the same
+#: abort twice, still fails. Printed as a rerun in the summary line.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("multirank"):
+            item.add_marker(pytest.mark.flaky(reruns=1, only_rerun=[TEARDOWN_ABORT]))
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

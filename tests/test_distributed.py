@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -70,6 +71,7 @@ def test_collectives_on_two_gloo_ranks(tmp_path):
     assert (r0["is_main"], r1["is_main"]) == (True, False)
 
 
+@pytest.mark.multirank
 def test_two_ranks_equal_one_process_with_double_batch(tmp_path):
     procs = _launch_ranks(2, "--output_dir", str(tmp_path / "two"), "--batch", "3", *ARGS,
                           "--dump_params", str(tmp_path / "rank{rank}.pt"))

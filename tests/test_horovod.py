@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests._toy_tasks import main as toy_main
@@ -12,6 +13,7 @@ from tests.helpers import horovodrun_or_skip
 from tests.test_distributed import ARGS, TOY, _launch_ranks
 
 
+@pytest.mark.multirank
 def test_horovodrun_two_ranks_equal_torchrun_and_one_process_with_double_batch(tmp_path):
     horovodrun = horovodrun_or_skip()
     env = dict(os.environ, PYTHONPATH=str(TOY.parents[1]), OMP_NUM_THREADS="1", TQDM_DISABLE="1")

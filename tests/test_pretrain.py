@@ -178,6 +178,7 @@ def dist_run(demo, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.multirank
 def test_two_gloo_ranks_agree_and_only_rank0_writes(dist_run):
     out = dist_run / "run"
     assert {p.name for p in out.iterdir()} == {"hps.json", "model.json", "git_info.json", "log.txt", "tb", "ckpt",
@@ -193,6 +194,7 @@ def test_two_gloo_ranks_agree_and_only_rank0_writes(dist_run):
     assert max_weight_diff(rank0, load_weights(out / "model_final.pt")) == 0.0
 
 
+@pytest.mark.multirank
 def test_two_ranks_killed_and_resumed_equal_one_run(demo, dist_run, tmp_path):
     out = tmp_path / "run"
     killed = torchrun(demo, "--kill_after", "10", "--", *dist_args(demo, out))
@@ -205,6 +207,7 @@ def test_two_ranks_killed_and_resumed_equal_one_run(demo, dist_run, tmp_path):
     assert max_weight_diff(final, load_weights(tmp_path / "dumps" / "rank1.pt")) == 0.0
 
 
+@pytest.mark.multirank
 def test_horovodrun_two_ranks_equal_torchrun(demo, dist_run, tmp_path):
     """The original users' launcher: ``horovodrun -np 2 --gloo`` runs pretrain.py to the same weights."""
     horovodrun = horovodrun_or_skip()

@@ -13,6 +13,8 @@ from tests._toy_tasks import main as toy_main
 from utils.checkpoint import CheckpointManager, load_torch_file
 from utils.errors import CheckpointError
 
+pytestmark = pytest.mark.multirank
+
 TOY = Path(__file__).resolve().parent / "_toy_tasks.py"
 # dropout > 0: each rank draws its own masks, so a rank restored with another rank's RNG would diverge
 ARGS = ["--num_train_steps", "4", "--warmup_steps", "1", "--learning_rate", "0.01", "--save_steps", "2",

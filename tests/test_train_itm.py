@@ -179,6 +179,7 @@ def test_embeddings_get_their_own_learning_rate(corpus):
 
 
 @pytest.mark.slow  # two processes, gloo
+@pytest.mark.multirank
 def test_torchrun_two_ranks_cpu(corpus, tmp_path):
     """train_itm under torchrun (2 gloo ranks on CPU): trains, validates, and rank 0 writes the table."""
     import os

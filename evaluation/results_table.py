@@ -315,7 +315,8 @@ BELOW_SHORTLIST_NOTE = {
 def shortlist_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """Per set and language: exhaustive AR (when measured), the dual encoder's AR, the reranked AR, the
     shortlist's recall of the positive at k, pairs scored (and how many times fewer than exhaustive) and
-    wall times. ``rows``: ``{"name", "lang", **ShortlistResult.row(), "seconds_exhaustive"?}``."""
+    wall times, then the sentence saying where each row's unshortlisted candidates rank
+    (:data:`BELOW_SHORTLIST_NOTE`). ``rows``: ``{"name", "lang", **ShortlistResult.row(), "seconds_exhaustive"?}``."""
     body = []
     for r in rows:
         ratio = r["pairs_total"] / max(r["pairs_scored"], 1)
@@ -333,7 +334,8 @@ def shortlist_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                      f"{_fmt(mean('img_recall_at_k'), 1)}", "", f"{scored:,} of {total:,}",
                      f"{_fmt(total / max(scored, 1), 1)}x", _fmt(mean("seconds_exhaustive"), 2),
                      _fmt(mean("seconds_total"), 2)])
-    return _md_table(SHORTLIST_HEADER, body)
+    tails = sorted({r.get("below_shortlist", "dual_encoder") for r in rows})
+    return _md_table(SHORTLIST_HEADER, body) + "\n" + "\n".join(BELOW_SHORTLIST_NOTE.get(t, t) for t in tails) + "\n"
 
 
 def write_shortlist_table(out_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> str:
@@ -341,8 +343,6 @@ def write_shortlist_table(out_dir: str | os.PathLike, rows: Sequence[Mapping[str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = "## Fast retrieval: shortlist (itc head) + cross-encoder rerank\n\n" + shortlist_markdown(rows)
-    tails = {r.get("below_shortlist", "dual_encoder") for r in rows}
-    md += "\n" + "\n".join(BELOW_SHORTLIST_NOTE.get(t, t) for t in sorted(tails)) + "\n"
     js = json.dumps([dict(r) for r in rows], indent=2, ensure_ascii=False)
     atomic_write_text(out / "shortlist.md", md)
     atomic_write_text(out / "shortlist.json", js + "\n")

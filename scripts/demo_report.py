@@ -102,8 +102,7 @@ def plot_links(demo_dir: Path, out: Path) -> list[str]:
 
 def render(retrieval: list[dict], vqa: list[dict], times: dict[str, float], plots: list[str], mmt: str = "",
            shortlist: Sequence[dict] = ()) -> str:
-    from evaluation.results_table import (BELOW_SHORTLIST_NOTE, demo_markdown, detail_markdown, shortlist_markdown,
-                                          vqa_markdown)
+    from evaluation.results_table import demo_markdown, detail_markdown, shortlist_markdown, vqa_markdown
 
     parts = ["# UC2 demo report", "",
              "Generated corpus (see data/demo/README.md); tiny model on CPU. The 'random scores' row "
@@ -113,9 +112,8 @@ def render(retrieval: list[dict], vqa: list[dict], times: dict[str, float], plot
                   demo_markdown(retrieval, "demo"), "", "<details><summary>Recall@K</summary>", "",
                   detail_markdown(retrieval), "", "</details>", ""]
     if shortlist:
-        tails = sorted({row.get("below_shortlist", "dual_encoder") for row in shortlist})
         parts += ["## Fast retrieval: ITC shortlist + cross-encoder rerank (all-language fine-tune)", "",
-                  shortlist_markdown(shortlist).rstrip(), "", *(BELOW_SHORTLIST_NOTE.get(t, t) for t in tails), ""]
+                  shortlist_markdown(shortlist).rstrip(), ""]
     if vqa:
         parts += ["## VQA (test split) against the majority-answer baseline", "", vqa_markdown(vqa), ""]
     if mmt:

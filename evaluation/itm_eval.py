@@ -239,8 +239,7 @@ def split_backbone(model) -> SplitBackbone | None:
         return None
 
     def embed_image(img_feat: torch.Tensor, img_pos_feat: torch.Tensor) -> torch.Tensor:
-        type_row = backbone.embeddings.new_token_type_embeddings.weight[1]   # image = type 1
-        return backbone.img_embeddings(img_feat, img_pos_feat, type_row)
+        return backbone.img_embeddings(img_feat, img_pos_feat, backbone.embeddings.type_row(1))   # image = type 1
 
     return SplitBackbone(backbone.embeddings, embed_image, backbone.encoder)
 

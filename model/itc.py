@@ -109,11 +109,8 @@ def image_pooled(model: nn.Module, img_feat: torch.Tensor, img_pos_feat: torch.T
     """Image-only pass: img_feat (B, Ni, D), img_pos_feat (B, Ni, 7), keep (B, Ni) bool (real regions)
     -> masked mean of the last layer (B, H) fp32."""
     backbone = model.roberta
-    # image = type 1; index_select copies the row: a view of a weight taken with gradients off (the default,
-    # detached ITC) would keep requires_grad without a grad_fn, which autograd hooks refuse (FlopCounterMode)
-    weight = backbone.embeddings.new_token_type_embeddings.weight
-    type_row = weight.index_select(0, torch.ones(1, dtype=torch.long, device=weight.device))[0]   # (H,)
-    hidden = backbone.encoder(backbone.img_embeddings(img_feat, img_pos_feat, type_row), keep.long())
+    hidden = backbone.encoder(backbone.img_embeddings(img_feat, img_pos_feat, backbone.embeddings.type_row(1)),
+                              keep.long())
     return masked_mean(hidden, keep)
 
 

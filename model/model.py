@@ -37,10 +37,19 @@ class TextEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
+    def type_row(self, kind: int) -> torch.Tensor:
+        """Row ``kind`` (0 = text, 1 = image) of the type table, (H,), the same for every token of that kind.
+
+        A copy (index_select), not a view: a view of the weight taken with gradients off (evaluation, or ITC's
+        detached passes) would still say requires_grad without having a grad_fn, and autograd hooks such as
+        FlopCounterMode's module tracker refuse such a tensor when it is passed to a module.
+        """
+        weight = self.new_token_type_embeddings.weight
+        return weight.index_select(0, torch.tensor([kind], device=weight.device))[0]
+
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """input_ids, position_ids (B, Lt) -> text embeddings (B, Lt, H)."""
-        type_row = self.new_token_type_embeddings.weight[0]  # text = type 0, same for every token
-        emb = self.word_embeddings(input_ids) + self.position_embeddings(position_ids) + type_row
+        emb = self.word_embeddings(input_ids) + self.position_embeddings(position_ids) + self.type_row(0)
         return self.dropout(self.LayerNorm(emb))
 
 
@@ -229,8 +238,7 @@ class UC2Model(nn.Module):
             return txt if gather_index is None else _gather(txt, gather_index)
         if img_pos_feat is None:
             raise ValueError("img_pos_feat (B, Ni, 7) is required when img_feat is given")
-        img = self.img_embeddings(img_feat, img_pos_feat, self.embeddings.new_token_type_embeddings.weight[1],
-                                  img_masks)  # (B, Ni, H)
+        img = self.img_embeddings(img_feat, img_pos_feat, self.embeddings.type_row(1), img_masks)  # (B, Ni, H)
         both = torch.cat([txt, img], dim=1)  # (B, Lt + Ni, H)
         return both if gather_index is None else _gather(both, gather_index)
 

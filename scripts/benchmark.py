@@ -523,8 +523,7 @@ def bench_models(shape: BenchShape, paths: dict[str, Path], args, device: torch.
         extra["itc"] = itc_head
     uc2 = UC2ForPretraining(model_config(shape), extra_heads=extra).to(device).train()
     hf = hf_masked_lm(shape).to(device).train()
-    # No parameter needs a gradient in evaluation; frozen, views of weights taken under no_grad (the image
-    # type row) do not look like autograd leaves to FlopCounterMode's module tracker.
+    # No parameter needs a gradient in evaluation.
     scorer = UC2ForImageTextRetrieval(model_config(shape)).to(device).eval().requires_grad_(False)
     tasks = uc2_phases(uc2, shape, args.task_list, paths, args, device)
     phases = [*tasks, hf_phase(hf, shape, args, device), eval_phase(scorer, shape, args)]

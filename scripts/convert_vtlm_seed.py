@@ -96,8 +96,10 @@ def load_seed_checkpoint(path: Path) -> dict:
     """A seed checkpoint through PyTorch's weights-only unpickler, numpy constructors and Namespace allowed."""
     import torch
 
+    from utils.checkpoint import load_torch_file
+
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"checkpoint file {path} does not exist")
     names = {f"{module}.{name}": obj for (module, name), obj in _numpy_globals().items()}
     names["argparse.Namespace"] = argparse.Namespace
     try:  # lists the globals the file names, without unpickling it
@@ -108,11 +110,8 @@ def load_seed_checkpoint(path: Path) -> dict:
     if refused:
         raise CheckpointError(f"{path}: refused: the checkpoint names {', '.join(refused)}; a seed checkpoint "
                               "holds only tensors, numpy arrays and argparse.Namespace (nothing from the file was run)")
-    try:
-        with torch.serialization.safe_globals([(obj, name) for name, obj in names.items()]):
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable by the weights-only loader: {str(exc).splitlines()[-1]}") from exc
+    with torch.serialization.safe_globals([(obj, name) for name, obj in names.items()]):
+        raw = load_torch_file(path)  # weights_only, CPU; a broken file raises CheckpointError naming it
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected the seed's checkpoint dict, got {type(raw).__name__}")
     return raw

@@ -298,6 +298,12 @@ def tiered(pair_scores_: np.ndarray, keep: np.ndarray, dual: np.ndarray | None, 
     return np.where(keep, scores, lowest - 2.0 + np.clip(dual.astype(np.float64), -1.0, 1.0))  # < lowest - 0.99
 
 
+def tail_order(settings: ShortlistSettings, dual: np.ndarray) -> np.ndarray | None:
+    """What :func:`tiered` orders the unshortlisted candidates by: the dual encoder's cosines ``dual``
+    (n_txt, n_img), or None (all tied) for ``below_shortlist: tied``."""
+    return dual if settings.below_shortlist == "dual_encoder" else None
+
+
 def shortlist_metrics(pair_scores_: np.ndarray, shortlist: Shortlist, dataset: RetrievalSet, coco_folds: int = 0,
                       img_folds: np.ndarray | None = None, dual: np.ndarray | None = None) -> dict[str, float]:
     """Recalls of the reranked shortlist: text->image from each caption's row (its k_img images reranked),
@@ -384,7 +390,7 @@ def evaluate_shortlist(model, dataset: RetrievalSet, score_settings: ScoreSettin
         exhaustive=set_metrics(exhaustive, dataset, coco_folds, folds) if exhaustive is not None else None,
         dual=set_metrics(dual_sims, dataset, coco_folds, folds),
         rerank=shortlist_metrics(run.scores, run.shortlist, dataset, coco_folds, folds,
-                                 dual_sims if settings.below_shortlist == "dual_encoder" else None),
+                                 tail_order(settings, dual_sims)),
         recall_at_k=shortlist_recall(run.shortlist, dataset.txt2img),
         pairs_scored=int(run.shortlist.pairs.sum()), pairs_total=int(run.shortlist.pairs.size),
         seconds=run.seconds, k_img=run.shortlist.k_img, k_txt=run.shortlist.k_txt,

@@ -597,16 +597,15 @@ def projected_times(costs: dict[str, float], options) -> list[dict[str, Any]]:
     return rows
 
 
-def end_to_end(model, shape: BenchShape, args, device: torch.device) -> dict[str, Any]:
-    """Exhaustive scoring vs shortlist + rerank, both timed end to end on a synthetic gallery."""
+def end_to_end(model, shape: BenchShape, args, options, device: torch.device) -> dict[str, Any]:
+    """Exhaustive scoring vs shortlist + rerank (``options``: ShortlistOptions), both timed end to end on a
+    synthetic gallery."""
     from evaluation.itm_eval import ScoreSettings, score_matrix, synthetic_set
     from evaluation.shortlist import run_shortlist
-    from training.itm_config import ShortlistOptions
 
     n_txt, n_img = args.gallery
     gallery = synthetic_set(n_txt, n_img, shape.txt_tokens + 2, shape.regions, shape.img_dim, vocab_size=shape.vocab)
     settings = ScoreSettings(head="rank", precision=args.precision)
-    options = ShortlistOptions(k_img=args.k_img, k_txt=args.k_txt)   # None: the default k from the gallery size
     log(f"shortlist: exhaustive scoring of {n_txt} x {n_img} pairs")
     start = time.perf_counter()
     score_matrix(model, gallery, settings)
@@ -627,14 +626,15 @@ def bench_shortlist(args) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     device, shape = torch.device(args.device), SHAPES[args.shape]
+    options = ShortlistOptions(k_img=args.k_img, k_txt=args.k_txt)   # None: the default k from the gallery size
     model = shortlist_model(shape, device)
     report: dict[str, Any] = {"meta": {"shape": args.shape, "device": str(device), "precision": args.precision,
                                        "threads": torch.get_num_threads(), "k_img": args.k_img, "k_txt": args.k_txt}}
     if args.shape == "tiny":
-        report["end_to_end"] = end_to_end(model, shape, args, device)
+        report["end_to_end"] = end_to_end(model, shape, args, options, device)
     costs = unit_costs(model, shape, args, device)
     report["unit_costs"] = costs
-    report["projected"] = projected_times(costs, ShortlistOptions(k_img=args.k_img, k_txt=args.k_txt))
+    report["projected"] = projected_times(costs, options)
     return report
 
 

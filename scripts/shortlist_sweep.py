@@ -113,16 +113,14 @@ def measure_set(model, head: str, spec, cfg, settings: list[tuple[str, Any]]) ->
     txt_emb, img_emb = sl.embed_set(model, dataset, cfg.shortlist.embed_batch)
     dual = (txt_emb @ img_emb.T).float().cpu().numpy()
     given = itm_eval.read_fold_file(spec.fold_file, dataset) if spec.fold_file else None
-    folds = sl.fold_ids(spec.coco_folds, len(dataset.img_fnames), given)
-    metric_folds = folds if spec.coco_folds > 1 else None
+    folds = sl.fold_ids(spec.coco_folds, len(dataset.img_fnames), given)     # None unless coco_folds > 1
     out = {"name": spec.name, "lang": spec.lang,
-           "exhaustive_ar": itm_eval.set_metrics(full, dataset, spec.coco_folds, metric_folds)["r_mean"],
-           "dual_ar": itm_eval.set_metrics(dual, dataset, spec.coco_folds, metric_folds)["r_mean"], "settings": {}}
+           "exhaustive_ar": itm_eval.set_metrics(full, dataset, spec.coco_folds, folds)["r_mean"],
+           "dual_ar": itm_eval.set_metrics(dual, dataset, spec.coco_folds, folds)["r_mean"], "settings": {}}
     for label, options in settings:
         short = sl.build_shortlist(txt_emb, img_emb, dataset.txt2img, options, folds)
-        tail = dual if options.below_shortlist == "dual_encoder" else None
         rerank = sl.shortlist_metrics(np.where(short.pairs, full, sl.UNSCORED), short, dataset, spec.coco_folds,
-                                      metric_folds, tail)
+                                      folds, sl.tail_order(options, dual))
         out["settings"][label] = {"rerank_ar": rerank["r_mean"], "k_img": short.k_img, "k_txt": short.k_txt,
                                   "pairs_scored": int(short.pairs.sum()), "pairs_total": int(short.pairs.size),
                                   **sl.shortlist_recall(short, dataset.txt2img)}

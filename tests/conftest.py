@@ -26,7 +26,7 @@ def _fixture_root() -> Path:
 
 
 #: A native abort that a gloo rank (always rank 1 so far) has hit at process exit after all its collectives
-#: were done: seen twice in about six full suites on a 2-core machine, never in 325 targeted repeats of the
+#: were done: seen in 2 of at least 8 full suites over two sessions on a 2-core machine, never in 325 targeted repeats of the
 #: same launches (docs/notes/lead-2026-12-04-b.md). A test marked ``multirank`` runs again once when, and
 #: only when, its failure message carries this text (pytest-rerunfailures); any other failure, or the same
 #: abort twice, still fails. Printed as a rerun in the summary line.

@@ -27,5 +27,5 @@ def test_the_cross_cpu_tolerance_still_sees_a_real_change():
     steps = [{"step": 1, "task": "mlm_cap_en", "loss": 6.0997653}]
     assert not differences(steps, [dict(steps[0], loss=6.0997648)], CROSS_CPU_RTOL)  # measured across CPUs
     assert differences(steps, [dict(steps[0], loss=6.0997648)], 0.0)
-    assert differences(steps, [dict(steps[0], loss=6.1)], CROSS_CPU_RTOL)  # 2e-5 relative: a real change
+    assert differences(steps, [dict(steps[0], loss=6.1)], CROSS_CPU_RTOL)  # 3.8e-5 relative: a real change
     assert differences(steps, [dict(steps[0], task="itm_cap_en")], CROSS_CPU_RTOL)

@@ -40,12 +40,12 @@ class TextEmbeddings(nn.Module):
     def type_row(self, kind: int) -> torch.Tensor:
         """Row ``kind`` (0 = text, 1 = image) of the type table, (H,), the same for every token of that kind.
 
-        A copy (index_select), not a view: a view of the weight taken with gradients off (evaluation, or ITC's
-        detached passes) would still say requires_grad without having a grad_fn, and autograd hooks such as
-        FlopCounterMode's module tracker refuse such a tensor when it is passed to a module.
+        A copy, not a view: a view of the weight taken with gradients off (evaluation, or ITC's detached
+        passes) would still say requires_grad without having a grad_fn, and autograd hooks such as
+        FlopCounterMode's module tracker refuse such a tensor when it is passed to a module. ``clone`` copies
+        on the weight's device (no index tensor to build or send there on every forward).
         """
-        weight = self.new_token_type_embeddings.weight
-        return weight.index_select(0, torch.tensor([kind], device=weight.device))[0]
+        return self.new_token_type_embeddings.weight[kind].clone()
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """input_ids, position_ids (B, Lt) -> text embeddings (B, Lt, H)."""

@@ -49,7 +49,7 @@ def test_train_backbone_sends_gradients_into_the_backbone_and_lowers_the_loss():
     assert any(n.startswith("roberta.encoder.") for n in names)
     assert any(n.startswith("roberta.img_embeddings.") for n in names)
     assert "roberta.embeddings.word_embeddings.weight" in names
-    assert "roberta.embeddings.new_token_type_embeddings.weight" in names   # the image type row (index_select)
+    assert "roberta.embeddings.new_token_type_embeddings.weight" in names   # the image type row (a copy: type_row)
     model.zero_grad(set_to_none=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []

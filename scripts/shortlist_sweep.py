@@ -69,13 +69,10 @@ def default_checkpoint(run_dir: Path) -> Path:
     from utils.checkpoint import CheckpointManager
     from utils.errors import ConfigError
 
-    ckpt = run_dir / "ckpt"
-    if (ckpt / "model_best.pt").is_file():
-        return ckpt / "model_best.pt"
-    step = CheckpointManager(ckpt).latest()
-    if step is None:
-        raise ConfigError(f"{ckpt}: no model_best.pt and no complete model_step_N.pt; pass --checkpoint")
-    return ckpt / CheckpointManager.MODEL.format(step)
+    path = CheckpointManager(run_dir / "ckpt").best_or_latest_model()
+    if path is None:
+        raise ConfigError(f"{run_dir / 'ckpt'}: no model_best.pt and no complete model_step_N.pt; pass --checkpoint")
+    return path
 
 
 def eval_config(args: argparse.Namespace):

@@ -386,12 +386,10 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
     if args.checkpoint:
         return Path(args.checkpoint)
     ckpt = CheckpointManager(_run_file(args, "", "ckpt"))
-    if (ckpt.dir / "model_best.pt").is_file():
-        return ckpt.dir / "model_best.pt"
-    step = ckpt.latest()
-    if step is None:
+    path = ckpt.best_or_latest_model()
+    if path is None:
         raise DataError(f"{ckpt.dir}: no model_best.pt and no complete step checkpoint to load")
-    return ckpt.dir / CheckpointManager.MODEL.format(step)
+    return path
 
 
 def load_model(args: argparse.Namespace, num_answers: int, device: torch.device) -> UC2ForVQA:

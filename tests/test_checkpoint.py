@@ -42,6 +42,16 @@ def test_save_load_prune_latest(tmp_path):
     assert model["n"].dtype == torch.int64 and train["consumed"] == {"a": 30}
 
 
+def test_the_model_to_evaluate_is_the_best_else_the_newest_complete_step(tmp_path):
+    mgr = CheckpointManager(tmp_path / "ckpt")
+    assert mgr.best_or_latest_model() is None
+    mgr.save(10, _state(1), {"step": 10})
+    (mgr.dir / "model_step_20.pt").write_bytes(b"")          # no train state: an incomplete step
+    assert mgr.best_or_latest_model() == mgr.dir / "model_step_10.pt"
+    mgr.save_best(_state(2), {"metric": "m", "value": 1.0, "step": 10})
+    assert mgr.best_or_latest_model() == mgr.dir / "model_best.pt"
+
+
 def test_incomplete_step_is_not_latest(tmp_path):
     mgr = CheckpointManager(tmp_path, keep_last=3)
     mgr.save(1, _state(1), {"step": 1})

@@ -112,6 +112,14 @@ class CheckpointManager:
         atomic_write_json(dict(info), self.dir / "best.json")
         return path
 
+    def best_or_latest_model(self) -> Path | None:
+        """The model to evaluate a run with: ``model_best.pt`` when the run kept one, else the newest complete
+        step's model, else None."""
+        if (self.dir / "model_best.pt").is_file():
+            return self.dir / "model_best.pt"
+        step = self.latest()
+        return None if step is None else self.dir / self.MODEL.format(step)
+
     def best_info(self) -> dict[str, Any] | None:
         """Content of ``best.json``, or None."""
         path = self.dir / "best.json"

@@ -135,11 +135,11 @@ ITC_HEAD_OVERRIDES = ["--rank_weight", "0", "--tasks", '[{"task": "itc", "batch_
 
 
 def _latest_model(ckpt: Path) -> Path:
-    """model_best.pt when the run validated, else its last model_step_N.pt."""
-    if (ckpt / "model_best.pt").is_file():
-        return ckpt / "model_best.pt"
-    steps = sorted(ckpt.glob("model_step_*.pt"), key=lambda f: int(f.stem.rsplit("_", 1)[1]))
-    return steps[-1] if steps else ckpt / "model_best.pt"
+    """model_best.pt when the run validated, else its newest complete step's model (the path model_best.pt
+    while the run does not exist yet: the command is built before the stage before it has run)."""
+    from utils.checkpoint import CheckpointManager
+
+    return CheckpointManager(ckpt).best_or_latest_model() or ckpt / "model_best.pt"
 
 
 def _baseline_overrides(p: DemoPaths, run: str) -> list[str]:
